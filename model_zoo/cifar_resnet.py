@@ -1,0 +1,101 @@
+"""CIFAR ResNet-20/32/44/56/110 (He et al. 2016) with option-A shortcuts.
+
+Layout and names follow the widely used PyTorch version (akamaster): ``conv1``,
+``bn1``, ``layer{1,2,3}.{i}.{conv1,bn1,conv2,bn2}``, ``linear``. A block that
+changes width subsamples its input (stride 2) and zero-pads the channel axis
+instead of using a downsample conv, so it has no shortcut parameters.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from model_zoo import layers
+from model_zoo.base import BlockLayout, ZooModel
+
+STAGES = ("layer1", "layer2", "layer3")
+
+
+def block_addresses(depth: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """All blocks and the droppable ones (index >= 1 in every stage) of a CIFAR ResNet."""
+    if (depth - 2) % 6 != 0 or depth < 8:
+        raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+    n = (depth - 2) // 6
+    all_blocks = tuple(f"{stage}.{i}" for stage in STAGES for i in range(n))
+    droppable = tuple(f"{stage}.{i}" for stage in STAGES for i in range(1, n))
+    return all_blocks, droppable
+
+
+def option_a_shortcut(x: jax.Array, out_ch: int) -> jax.Array:
+    """Subsample by 2 and zero-pad channels by ``out_ch // 4`` on each side."""
+    x = x[:, ::2, ::2, :]
+    pad = out_ch // 4
+    return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (pad, pad)))
+
+
+class BasicBlock(nnx.Module):
+    def __init__(self, in_ch: int, out_ch: int, stride: int, *, dtype, rngs: nnx.Rngs):
+        self.conv1 = layers.conv(in_ch, out_ch, 3, stride=stride, dtype=dtype, rngs=rngs)
+        self.bn1 = layers.batch_norm(out_ch, dtype=dtype, rngs=rngs)
+        self.conv2 = layers.conv(out_ch, out_ch, 3, dtype=dtype, rngs=rngs)
+        self.bn2 = layers.batch_norm(out_ch, dtype=dtype, rngs=rngs)
+        self.reshapes = stride != 1 or in_ch != out_ch
+        self.out_ch = out_ch
+
+    def __call__(self, x: jax.Array, keep: jax.Array | None = None) -> jax.Array:
+        y = nnx.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        shortcut = option_a_shortcut(x, self.out_ch) if self.reshapes else x
+        return nnx.relu(layers.gated_residual(shortcut, y, keep))
+
+
+class CifarResNet(ZooModel):
+    def __init__(
+        self,
+        depth: int = 56,
+        *,
+        num_classes: int = 10,
+        widths: Sequence[int] = (16, 32, 64),
+        dropped: Iterable[str] = (),
+        dtype=None,
+        rngs: nnx.Rngs,
+    ):
+        all_blocks, droppable = block_addresses(depth)
+        layout = BlockLayout(f"cifar_resnet{depth}", all_blocks, droppable, dropped)
+        self._set_layout(layout)
+        self.conv1 = layers.conv(3, widths[0], 3, dtype=dtype, rngs=rngs)
+        self.bn1 = layers.batch_norm(widths[0], dtype=dtype, rngs=rngs)
+        in_ch = widths[0]
+        for s, (stage, width) in enumerate(zip(STAGES, widths)):
+            stage_blocks = []
+            for i in range(layout.count(stage)):
+                stride = 2 if (s > 0 and i == 0) else 1
+                stage_blocks.append(BasicBlock(in_ch, width, stride, dtype=dtype, rngs=rngs))
+                in_ch = width
+            setattr(self, stage, nnx.List(stage_blocks))
+        self.linear = layers.linear(in_ch, num_classes, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None):
+        features = {}
+        x = nnx.relu(self.bn1(self.conv1(x)))
+        features["stem"] = x
+        for stage in STAGES:
+            for i, block in enumerate(getattr(self, stage)):
+                x = block(x, layers.mask_entry(mask, self.droppable, f"{stage}.{i}"))
+            features[stage] = x
+        features["pre_gap"] = x
+        pooled = layers.global_avg_pool(x)
+        features["pre_logits"] = pooled
+        return self.linear(pooled), features
+
+
+cifar_resnet20 = functools.partial(CifarResNet, 20)
+cifar_resnet32 = functools.partial(CifarResNet, 32)
+cifar_resnet44 = functools.partial(CifarResNet, 44)
+cifar_resnet56 = functools.partial(CifarResNet, 56)
+cifar_resnet110 = functools.partial(CifarResNet, 110)

@@ -1,0 +1,113 @@
+"""torchvision MobileNetV2 (Sandler et al. 2018).
+
+``features.0`` is the stem, ``features.1..17`` are inverted-residual blocks,
+``features.18`` is the last 1x1 ConvBNReLU6, then ``classifier.1`` (after
+dropout). Submodules are ``nnx.Sequential`` where torchvision uses
+``nn.Sequential`` so that indices (``features.3.conv.1.0``) match torchvision.
+Droppable blocks: the residual ones (stride 1, same width) except the first
+block of each stage, as the reference does (PRACTISE_SPEC.md section 2).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable
+
+import jax
+from flax import nnx
+
+from model_zoo import layers
+from model_zoo.base import BlockLayout, ZooModel
+
+# expansion t, output channels c, repeats n, first stride s
+INVERTED_RESIDUAL_SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """torchvision's ``_make_divisible``: round to a multiple of 8, never 10% below."""
+    new = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if new < 0.9 * value:
+        new += divisor
+    return new
+
+
+def block_addresses() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``features.0..18``; droppable = repeats 2.. of each stage (11 blocks)."""
+    all_blocks = tuple(f"features.{i}" for i in range(2 + sum(n for _, _, n, _ in INVERTED_RESIDUAL_SETTING)))
+    droppable, index = [], 1
+    for _, _, n, _ in INVERTED_RESIDUAL_SETTING:
+        droppable += [f"features.{index + i}" for i in range(1, n)]
+        index += n
+    return all_blocks, tuple(droppable)
+
+
+def conv_bn_relu6(in_ch: int, out_ch: int, kernel: int, *, stride: int = 1, groups: int = 1, dtype, rngs) -> nnx.Sequential:
+    return nnx.Sequential(
+        layers.conv(in_ch, out_ch, kernel, stride=stride, groups=groups, dtype=dtype, rngs=rngs),
+        layers.batch_norm(out_ch, dtype=dtype, rngs=rngs),
+        jax.nn.relu6,
+    )
+
+
+class InvertedResidual(nnx.Module):
+    def __init__(self, in_ch: int, out_ch: int, stride: int, expand_ratio: int, *, dtype, rngs: nnx.Rngs):
+        hidden = int(round(in_ch * expand_ratio))
+        self.use_residual = stride == 1 and in_ch == out_ch
+        expand = [conv_bn_relu6(in_ch, hidden, 1, dtype=dtype, rngs=rngs)] if expand_ratio != 1 else []
+        self.conv = nnx.Sequential(
+            *expand,
+            conv_bn_relu6(hidden, hidden, 3, stride=stride, groups=hidden, dtype=dtype, rngs=rngs),
+            layers.conv(hidden, out_ch, 1, dtype=dtype, rngs=rngs),
+            layers.batch_norm(out_ch, dtype=dtype, rngs=rngs),
+        )
+
+    def __call__(self, x: jax.Array, keep: jax.Array | None = None) -> jax.Array:
+        y = self.conv(x)
+        return layers.gated_residual(x, y, keep) if self.use_residual else y
+
+
+class MobileNetV2(ZooModel):
+    def __init__(
+        self,
+        *,
+        num_classes: int = 1000,
+        width_mult: float = 1.0,
+        dropout: float = 0.2,
+        dropped: Iterable[str] = (),
+        dtype=None,
+        rngs: nnx.Rngs,
+    ):
+        all_blocks, droppable = block_addresses()
+        layout = BlockLayout("mobilenet_v2", all_blocks, droppable, dropped)
+        self._set_layout(layout)
+        kept = set(layout.origin)
+        in_ch = make_divisible(32 * width_mult)
+        last_ch = make_divisible(1280 * max(1.0, width_mult))
+        features = [conv_bn_relu6(3, in_ch, 3, stride=2, dtype=dtype, rngs=rngs)]
+        index = 1
+        for t, c, n, s in INVERTED_RESIDUAL_SETTING:
+            out_ch = make_divisible(c * width_mult)
+            for i in range(n):
+                if f"features.{index}" in kept:
+                    features.append(InvertedResidual(in_ch, out_ch, s if i == 0 else 1, t, dtype=dtype, rngs=rngs))
+                in_ch, index = out_ch, index + 1
+        features.append(conv_bn_relu6(in_ch, last_ch, 1, dtype=dtype, rngs=rngs))
+        self.features = nnx.List(features)
+        self.classifier = nnx.Sequential(nnx.Dropout(dropout, rngs=rngs), layers.linear(last_ch, num_classes, dtype=dtype, rngs=rngs))
+
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None):
+        features = {}
+        for i, layer in enumerate(self.features):
+            if isinstance(layer, InvertedResidual):
+                x = layer(x, layers.mask_entry(mask, self.droppable, f"features.{i}"))
+            else:
+                x = layer(x)
+            if i == 0:
+                features["stem"] = x
+        features["pre_gap"] = x
+        pooled = layers.global_avg_pool(x)
+        features["pre_logits"] = pooled
+        return self.classifier(pooled), features
+
+
+mobilenet_v2 = functools.partial(MobileNetV2)

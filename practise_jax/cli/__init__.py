@@ -1,0 +1,39 @@
+"""The ``practise-jax`` command: one module per subcommand, registered here.
+
+A `UserError` ends the command with one line naming the cause and the fix
+(exit status 2); any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from model_zoo.errors import UserError
+from practise_jax.cli import demo_cmd, eval_cmd
+
+SUBCOMMANDS = (eval_cmd, demo_cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="practise-jax", description="Make a pretrained CNN faster with a tiny set of images (PRACTISE).")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in SUBCOMMANDS:
+        module.register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except UserError as error:
+        print(f"practise-jax {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"practise-jax {args.command}: interrupted; finished work is kept, rerun the same command to resume.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Accuracy of a model on an image set: top-1 and the mean of per-class accuracies."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from practise_jax.data import ImageSet
+
+
+def normalise(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
+    """uint8 NHWC -> float32, (x / 255 - mean) / std per channel."""
+    x = images.astype(jnp.float32) / 255.0
+    return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Accuracy:
+    top1: float  # percent over all images
+    class_mean: float  # percent, mean over the classes present
+    per_class: dict[int, float]
+    count: int
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def predict(model: nnx.Module, data: ImageSet, mean, std, *, batch_size: int = 256, progress: bool = True) -> np.ndarray:
+    """Predicted class of every image; one compiled function, last batch padded."""
+    model.eval()
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def classify(state, images):
+        logits, _ = nnx.merge(graphdef, state)(normalise(images, mean, std))
+        return jnp.argmax(logits, axis=-1)
+
+    predictions = []
+    for start in tqdm(range(0, len(data), batch_size), desc="evaluate", unit="batch", disable=not progress, leave=False):
+        batch = data.images[start:start + batch_size]
+        pad = batch_size - len(batch)
+        padded = np.concatenate([batch, np.zeros((pad,) + batch.shape[1:], batch.dtype)]) if pad else batch
+        predictions.append(np.asarray(classify(state, padded))[:len(batch)])
+    return np.concatenate(predictions)
+
+
+def accuracy(predictions: np.ndarray, labels: np.ndarray) -> Accuracy:
+    correct = predictions == labels
+    per_class = {int(c): float(100 * correct[labels == c].mean()) for c in np.unique(labels)}
+    return Accuracy(
+        top1=float(100 * correct.mean()),
+        class_mean=float(np.mean(list(per_class.values()))),
+        per_class=per_class,
+        count=int(len(labels)),
+    )
+
+
+def evaluate(model: nnx.Module, data: ImageSet, mean, std, *, batch_size: int = 256, progress: bool = True) -> Accuracy:
+    return accuracy(predict(model, data, mean, std, batch_size=batch_size, progress=progress), data.labels)

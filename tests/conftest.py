@@ -1,0 +1,29 @@
+"""Shared fixtures: where the real data lives, and tiny models for fast tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax
+import pytest
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    return Path(os.environ.get("PRACTISE_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (or $PRACTISE_DATA); skip when absent unless PRACTISE_REQUIRE_DATA=1."""
+    path = shared_data_dir()
+    if not (path / "cifar10_resnets").is_dir():
+        message = f"real data not found at {path}: set PRACTISE_DATA to the shared/data folder"
+        if os.environ.get("PRACTISE_REQUIRE_DATA") == "1":
+            pytest.fail(message + " (PRACTISE_REQUIRE_DATA=1 requires it)")
+        pytest.skip(message)
+    return path

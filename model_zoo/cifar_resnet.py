@@ -32,10 +32,13 @@ def block_addresses(depth: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 
 def option_a_shortcut(x: jax.Array, out_ch: int) -> jax.Array:
-    """Subsample by 2 and zero-pad channels by ``out_ch // 4`` on each side."""
+    """Subsample by 2 and zero-pad the channels evenly on both sides up to ``out_ch``.
+
+    With the usual doubling of width this pads ``out_ch // 4`` on each side, as the original does.
+    """
     x = x[:, ::2, ::2, :]
-    pad = out_ch // 4
-    return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (pad, pad)))
+    extra = out_ch - x.shape[-1]
+    return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
 
 
 class BasicBlock(nnx.Module):

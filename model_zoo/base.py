@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+import jax
 from flax import nnx
 
 from model_zoo import blocks as block_algebra
+from model_zoo import layers
 
 
 class BlockLayout:
@@ -37,7 +39,14 @@ class ZooModel(nnx.Module):
     block mask over ``model.droppable`` (see ``layers.mask_entry``).
     ``features`` maps names (``stem``, ``layer1``..., ``pre_gap``,
     ``pre_logits``) to intermediate activations.
+
+    A family defines ``stem``, ``residual_blocks`` (address, module) in
+    forward order, ``neck`` (what runs between the last block and pooling)
+    and ``classify``; the forward pass is shared, so every family can also
+    start at any block (``start=``) from a cached ``block_input``.
     """
+
+    stage_features = True  # record each stage's output under its group name (layer1, ...)
 
     def _set_layout(self, layout: BlockLayout) -> None:
         self.model_name = layout.name
@@ -45,3 +54,38 @@ class ZooModel(nnx.Module):
         self.droppable = layout.droppable
         self.dropped = layout.dropped
         self.origin = layout.origin
+
+    def neck(self, x: jax.Array) -> jax.Array:
+        return x
+
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None, *, start: str | None = None):
+        """Forward pass; with ``start``, ``x`` is the input of block ``start`` (see `block_input`)."""
+        features = {}
+        blocks = self.residual_blocks()
+        if start is None:
+            x = self.stem(x)
+            features["stem"] = x
+        else:
+            blocks = blocks[self._position(start):]
+        for address, block in blocks:
+            x = block(x, layers.mask_entry(mask, self.droppable, address))
+            if self.stage_features:
+                features[block_algebra.split_address(address)[0]] = x
+        x = self.neck(x)
+        features["pre_gap"] = x
+        pooled = layers.global_avg_pool(x)
+        features["pre_logits"] = pooled
+        return self.classify(pooled), features
+
+    def block_input(self, x: jax.Array, address: str, mask: jax.Array | None = None) -> jax.Array:
+        """The activation entering block ``address``: everything the forward pass computes before it."""
+        x = self.stem(x)
+        for earlier, block in self.residual_blocks()[: self._position(address)]:
+            x = block(x, layers.mask_entry(mask, self.droppable, earlier))
+        return x
+
+    def _position(self, address: str) -> int:
+        addresses = [a for a, _ in self.residual_blocks()]
+        if address not in addresses:
+            raise ValueError(f"{self.model_name} has no residual block '{address}'")
+        return addresses.index(address)

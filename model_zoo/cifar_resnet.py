@@ -83,18 +83,14 @@ class CifarResNet(ZooModel):
             setattr(self, stage, nnx.List(stage_blocks))
         self.linear = layers.linear(in_ch, num_classes, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: jax.Array, mask: jax.Array | None = None):
-        features = {}
-        x = nnx.relu(self.bn1(self.conv1(x)))
-        features["stem"] = x
-        for stage in STAGES:
-            for i, block in enumerate(getattr(self, stage)):
-                x = block(x, layers.mask_entry(mask, self.droppable, f"{stage}.{i}"))
-            features[stage] = x
-        features["pre_gap"] = x
-        pooled = layers.global_avg_pool(x)
-        features["pre_logits"] = pooled
-        return self.linear(pooled), features
+    def stem(self, x: jax.Array) -> jax.Array:
+        return nnx.relu(self.bn1(self.conv1(x)))
+
+    def residual_blocks(self) -> list[tuple[str, BasicBlock]]:
+        return [(f"{stage}.{i}", block) for stage in STAGES for i, block in enumerate(getattr(self, stage))]
+
+    def classify(self, pooled: jax.Array) -> jax.Array:
+        return self.linear(pooled)
 
 
 cifar_resnet20 = functools.partial(CifarResNet, 20)

@@ -16,10 +16,34 @@ BN_MOMENTUM = 0.9  # Flax keep rate == PyTorch momentum 0.1
 BN_EPSILON = 1e-5
 
 
-def conv(in_ch: int, out_ch: int, kernel: int, *, stride: int = 1, groups: int = 1, dtype=None, rngs: nnx.Rngs) -> nnx.Conv:
+class Adaptor(nnx.Variable):
+    """A C x C channel-mixing matrix (a bias-free 1x1 conv, ``y = x @ M``).
+
+    Its own variable type, so ``nnx.split(model, Adaptor, ...)`` trains only adaptors.
+    """
+
+
+class AdaptableConv(nnx.Conv):
+    """``nnx.Conv`` that may carry a pre-adaptor (on its input) and an after-adaptor (on its raw output)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pre_adaptor = nnx.data(None)
+        self.post_adaptor = nnx.data(None)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.pre_adaptor is not None:
+            x = x @ self.pre_adaptor[...].astype(x.dtype)
+        y = super().__call__(x)
+        if self.post_adaptor is not None:
+            y = y @ self.post_adaptor[...].astype(y.dtype)
+        return y
+
+
+def conv(in_ch: int, out_ch: int, kernel: int, *, stride: int = 1, groups: int = 1, dtype=None, rngs: nnx.Rngs) -> AdaptableConv:
     """Bias-free conv with torchvision's symmetric padding and Kaiming-normal init."""
     pad = kernel // 2
-    return nnx.Conv(
+    return AdaptableConv(
         in_ch, out_ch, (kernel, kernel), strides=stride, padding=((pad, pad), (pad, pad)),
         feature_group_count=groups, use_bias=False, dtype=dtype,
         kernel_init=nnx.initializers.variance_scaling(2.0, "fan_out", "normal"), rngs=rngs,

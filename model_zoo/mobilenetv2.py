@@ -67,6 +67,7 @@ class InvertedResidual(nnx.Module):
 
 
 class MobileNetV2(ZooModel):
+    stage_features = False  # stages are not named groups here; stem and pre_gap are recorded
     def __init__(
         self,
         *,
@@ -95,19 +96,17 @@ class MobileNetV2(ZooModel):
         self.features = nnx.List(features)
         self.classifier = nnx.Sequential(nnx.Dropout(dropout, rngs=rngs), layers.linear(last_ch, num_classes, dtype=dtype, rngs=rngs))
 
-    def __call__(self, x: jax.Array, mask: jax.Array | None = None):
-        features = {}
-        for i, layer in enumerate(self.features):
-            if isinstance(layer, InvertedResidual):
-                x = layer(x, layers.mask_entry(mask, self.droppable, f"features.{i}"))
-            else:
-                x = layer(x)
-            if i == 0:
-                features["stem"] = x
-        features["pre_gap"] = x
-        pooled = layers.global_avg_pool(x)
-        features["pre_logits"] = pooled
-        return self.classifier(pooled), features
+    def stem(self, x: jax.Array) -> jax.Array:
+        return self.features[0](x)
+
+    def residual_blocks(self) -> list[tuple[str, InvertedResidual]]:
+        return [(f"features.{i}", self.features[i]) for i in range(1, len(self.features) - 1)]
+
+    def neck(self, x: jax.Array) -> jax.Array:
+        return self.features[-1](x)
+
+    def classify(self, pooled: jax.Array) -> jax.Array:
+        return self.classifier(pooled)
 
 
 mobilenet_v2 = functools.partial(MobileNetV2)

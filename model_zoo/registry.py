@@ -81,7 +81,9 @@ def create(name: str, *, dropped: Iterable[str] = (), rngs: nnx.Rngs | None = No
     ``width_mult``, ``dtype``), e.g. tiny test models.
     """
     info = get_info(name)
-    return info.builder(dropped=dropped, rngs=rngs if rngs is not None else nnx.Rngs(0), **overrides)
+    model = info.builder(dropped=dropped, rngs=rngs if rngs is not None else nnx.Rngs(0), **overrides)
+    model.overrides = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in overrides.items()))
+    return model
 
 
 def _akamaster(depth: int, sha256: str, top1: float) -> tuple[KnownWeights, ...]:

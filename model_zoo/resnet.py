@@ -102,19 +102,15 @@ class ResNet(ZooModel):
             setattr(self, stage, nnx.List(stage_blocks))
         self.fc = layers.linear(in_ch, num_classes, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: jax.Array, mask: jax.Array | None = None):
-        features = {}
+    def stem(self, x: jax.Array) -> jax.Array:
         x = nnx.relu(self.bn1(self.conv1(x)))
-        x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-        features["stem"] = x
-        for stage in STAGES:
-            for i, block in enumerate(getattr(self, stage)):
-                x = block(x, layers.mask_entry(mask, self.droppable, f"{stage}.{i}"))
-            features[stage] = x
-        features["pre_gap"] = x
-        pooled = layers.global_avg_pool(x)
-        features["pre_logits"] = pooled
-        return self.fc(pooled), features
+        return nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+    def residual_blocks(self) -> list[tuple[str, BasicBlock | Bottleneck]]:
+        return [(f"{stage}.{i}", block) for stage in STAGES for i, block in enumerate(getattr(self, stage))]
+
+    def classify(self, pooled: jax.Array) -> jax.Array:
+        return self.fc(pooled)
 
 
 resnet18 = functools.partial(ResNet, (2, 2, 2, 2), BasicBlock, name="resnet18")

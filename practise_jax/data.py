@@ -86,3 +86,39 @@ def check_fits(data: ImageSet, input_size: int, num_classes: int, model: str) ->
         )
     if data.labels.max() >= num_classes:
         raise UserError(f"{data.source}: label {data.labels.max()} is out of range for {model}, which has {num_classes} classes.")
+
+
+def sample_tiny_set(labels: np.ndarray, shots: int, seed: int, num_classes: int | None = None) -> np.ndarray:
+    """Indices of a seeded tiny set, drawn as the reference draws it (PRACTISE_SPEC.md section 1).
+
+    Fewer shots than classes: each draw picks a class uniformly, then an image
+    of it uniformly, redrawing duplicates (so not class-balanced). Otherwise
+    ``shots // num_classes`` images of every class, without replacement. The
+    reference's threshold is 1000 because ImageNet has 1000 classes; here it
+    is the number of classes. ``shots = -1`` takes everything.
+    """
+    labels = np.asarray(labels)
+    if shots == -1:
+        return np.arange(len(labels))
+    if shots < 1:
+        raise UserError(f"--shots must be a positive number of images (or -1 for all), got {shots}.")
+    if shots > len(labels):
+        raise UserError(f"--shots {shots} asks for more images than the data holds ({len(labels)}); use at most {len(labels)}.")
+    classes = np.arange(num_classes if num_classes is not None else labels.max() + 1)
+    by_class = [np.flatnonzero(labels == c) for c in classes]
+    rng = np.random.RandomState(seed)
+    if shots < len(classes):
+        chosen: list[int] = []
+        while len(chosen) < shots:
+            members = by_class[rng.randint(len(classes))]
+            if len(members) == 0:
+                continue
+            index = int(members[rng.randint(len(members))])
+            if index not in chosen:
+                chosen.append(index)
+        return np.asarray(chosen)
+    per_class = shots // len(classes)
+    short = [int(c) for c, members in zip(classes, by_class) if len(members) < per_class]
+    if short:
+        raise UserError(f"--shots {shots} needs {per_class} images of every class, but classes {short} have fewer; use fewer shots.")
+    return np.concatenate([rng.choice(members, per_class, replace=False) for members in by_class])

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,12 +10,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from practise_jax.data import ImageSet
-
-
-def normalise(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
-    """uint8 NHWC -> float32, (x / 255 - mean) / std per channel."""
-    x = images.astype(jnp.float32) / 255.0
-    return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+from practise_jax.transforms import eval_view
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +31,7 @@ def predict(model: nnx.Module, data: ImageSet, mean, std, *, batch_size: int = 2
 
     @jax.jit
     def classify(state, images):
-        logits, _ = nnx.merge(graphdef, state)(normalise(images, mean, std))
+        logits, _ = nnx.merge(graphdef, state)(eval_view(images, mean, std))
         return jnp.argmax(logits, axis=-1)
 
     predictions = []

@@ -7,7 +7,6 @@ import pytest
 from flax import nnx
 
 import model_zoo
-from model_zoo import blocks
 
 TINY = {
     "cifar_resnet20": (dict(widths=(4, 8, 16)), 16),
@@ -36,20 +35,8 @@ def teacher_and_input(name):
     return teacher, overrides, x
 
 
-def student_from(teacher, name, overrides, dropped):
-    """A statically pruned model holding the teacher's weights of the kept blocks."""
-    student = model_zoo.create(name, dropped=dropped, rngs=nnx.Rngs(0), **overrides)
-    teacher_state = dict(nnx.to_flat_state(nnx.state(teacher, (nnx.Param, nnx.BatchStat))))
-    origin = dict(zip(student.blocks, student.origin))
-    flat = []
-    for path, variable in nnx.to_flat_state(nnx.state(student, (nnx.Param, nnx.BatchStat))):
-        prefix = ".".join(str(p) for p in path[:2])
-        teacher_path = path
-        if prefix in origin:
-            group, index = blocks.split_address(origin[prefix])
-            teacher_path = (group, index) + path[2:]
-        flat.append((path, teacher_state[teacher_path]))
-    nnx.update(student, nnx.from_flat_state(flat))
+def student_from(teacher, dropped):
+    student = model_zoo.prune(teacher, dropped)
     student.eval()
     return student
 
@@ -63,7 +50,7 @@ def test_static_drop_equals_dynamic_mask(name):
     teacher, overrides, x = teacher_and_input(name)
     droppable = model_zoo.get_info(name).droppable
     dropped = [droppable[0], droppable[-1]]
-    student = student_from(teacher, name, overrides, dropped)
+    student = student_from(teacher, dropped)
     static_logits, static_features = student(x)
     dynamic_logits, dynamic_features = teacher(x, drop_mask(teacher, dropped))
     np.testing.assert_allclose(static_logits, dynamic_logits, rtol=1e-5, atol=1e-5)
@@ -90,3 +77,21 @@ def test_vmap_over_masks_equals_separate_calls():
     batched = jax.vmap(logits, in_axes=(None, 0))(state, masks)
     for i, mask in enumerate(masks):
         np.testing.assert_allclose(batched[i], logits(state, mask), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_starting_at_a_block_input_gives_the_full_forward(name):
+    teacher, _, x = teacher_and_input(name)
+    address = teacher.droppable[len(teacher.droppable) // 2]
+    full_logits, full_features = teacher(x)
+    logits, features = teacher(teacher.block_input(x, address), start=address)
+    np.testing.assert_allclose(logits, full_logits, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(features["pre_gap"], full_features["pre_gap"], rtol=1e-6, atol=1e-6)
+
+
+def test_pruning_composes():
+    teacher, _, x = teacher_and_input("cifar_resnet20")
+    once = student_from(student_from(teacher, ["layer1.1"]), ["layer1.1"])  # second call drops the old layer1.2
+    twice = student_from(teacher, ["layer1.1", "layer1.2"])
+    assert once.dropped == twice.dropped == ("layer1.1", "layer1.2")
+    np.testing.assert_array_equal(once(x)[0], twice(x)[0])

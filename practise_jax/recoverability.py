@@ -1,0 +1,202 @@
+"""Recoverability R(B) of each candidate block (PRACTISE_SPEC.md section 4).
+
+For a candidate B: drop it from the teacher, put identity adaptors around the
+gap, train *only the adaptors* so the student's ``pre_gap`` features mimic the
+teacher's (MSE, both in eval mode, SGD lr 0.02 momentum 0.9 weight decay 1e-4,
+lr x0.1 every 40% of the steps), then R = the same MSE over the tiny set's
+metric view. Pure functions over (graphdef, state) pytrees; one jit-compiled
+step per candidate.
+
+What does not change is computed once: the teacher's metric-view targets
+(shared by every candidate), and within a step the frozen prefix before the
+first adapted block, which teacher and student share.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tqdm.auto import tqdm
+
+from model_zoo import registry
+from model_zoo.base import ZooModel
+from model_zoo.errors import UserError
+from model_zoo.layers import Adaptor
+from practise_jax import adaptors as adaptor_lib
+from practise_jax import transforms
+from practise_jax.store import ResultsStore
+
+
+@dataclasses.dataclass(frozen=True)
+class RecoverConfig:
+    """Adaptor-training settings; defaults are the reference's, except ``steps`` (see experiments)."""
+
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    decay_every: float = 0.4  # lr x0.1 every this fraction of the steps (StepLR, stepped per iteration)
+    seed: int = 0  # augmentation and batch order
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise UserError(f"adaptor training needs at least 1 step, got {self.steps}.")
+        if self.batch_size < 1:
+            raise UserError(f"batch size must be at least 1, got {self.batch_size}.")
+
+
+def step_decay_sgd(config: RecoverConfig) -> optax.GradientTransformation:
+    """SGD with coupled L2 weight decay (added before momentum) and StepLR(0.4 x steps, 0.1)."""
+    schedule = optax.exponential_decay(
+        config.lr, transition_steps=max(1, int(config.decay_every * config.steps)), decay_rate=0.1, staircase=True)
+    return optax.chain(optax.add_decayed_weights(config.weight_decay), optax.sgd(schedule, momentum=config.momentum))
+
+
+def batch_indices(count: int, batch_size: int, rng: np.random.RandomState) -> Iterator[np.ndarray]:
+    """Endless shuffled batches, dropping the last partial batch once the set holds a full one."""
+    while True:
+        order = rng.permutation(count)
+        if count <= batch_size:
+            yield order
+            continue
+        for start in range(0, count - batch_size + 1, batch_size):
+            yield order[start:start + batch_size]
+
+
+def mse(a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.mean(jnp.square(a.astype(jnp.float32) - b.astype(jnp.float32)))
+
+
+@dataclasses.dataclass
+class Candidate:
+    """A student lacking one block, with identity adaptors, split for pure training."""
+
+    block: str
+    sites: list
+    start: str  # first adapted block; teacher and student agree before it
+    graphdef: nnx.GraphDef
+    adaptors: nnx.State
+    frozen: nnx.State
+
+
+def build_candidate(teacher: ZooModel, block: str, student_factory: Callable[[Sequence[str]], ZooModel]) -> Candidate:
+    """The teacher minus ``block`` (weights copied), with adaptors at the reference's sites."""
+    student = student_factory([block])
+    sites = adaptor_lib.placement(student, block)
+    adaptor_lib.attach(student, sites)
+    student.eval()
+    graphdef, adaptors, frozen = nnx.split(student, Adaptor, ...)
+    return Candidate(block, sites, adaptor_lib.first_adapted_block(student, sites), graphdef, adaptors, frozen)
+
+
+def make_train_step(teacher_graphdef, candidate: Candidate, config: RecoverConfig, mean, std):
+    """One jit-compiled adaptor update: (adaptors, opt_state, ...) -> (adaptors, opt_state, loss)."""
+    optimizer = step_decay_sgd(config)
+    start = candidate.start
+
+    def loss_fn(adaptors, frozen, h, target):
+        _, features = nnx.merge(candidate.graphdef, adaptors, frozen)(h, start=start)
+        return mse(features["pre_gap"], target)
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(adaptors, opt_state, frozen, teacher_state, images, key):
+        teacher = nnx.merge(teacher_graphdef, teacher_state)
+        x = transforms.train_view(key, images, mean, std)
+        h = jax.lax.stop_gradient(teacher.block_input(x, start))
+        target = jax.lax.stop_gradient(teacher(h, start=start)[1]["pre_gap"])
+        loss, grads = jax.value_and_grad(loss_fn)(adaptors, frozen, h, target)
+        updates, opt_state = optimizer.update(grads, opt_state, adaptors)
+        return optax.apply_updates(adaptors, updates), opt_state, loss
+
+    return optimizer, step
+
+
+def make_distance(teacher_graphdef, candidate: Candidate, mean, std):
+    """Sum of squared pre_gap differences over a metric batch (divide by the element count for MSE)."""
+
+    @jax.jit
+    def distance(adaptors, frozen, teacher_state, images, target):
+        teacher = nnx.merge(teacher_graphdef, teacher_state)
+        h = teacher.block_input(transforms.eval_view(images, mean, std), candidate.start)
+        _, features = nnx.merge(candidate.graphdef, adaptors, frozen)(h, start=candidate.start)
+        return jnp.sum(jnp.square(features["pre_gap"] - target))
+
+    return distance
+
+
+def teacher_targets(teacher: ZooModel, images: np.ndarray, mean, std, batch_size: int) -> list[jax.Array]:
+    """The teacher's pre_gap features of the metric view, per batch; shared by every candidate."""
+    teacher.eval()
+    graphdef, state = nnx.split(teacher)
+    forward = jax.jit(lambda state, images: nnx.merge(graphdef, state)(transforms.eval_view(images, mean, std))[1]["pre_gap"])
+    return [forward(state, images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+
+
+def metric_distance(distance, adaptors, frozen, teacher_state, images: np.ndarray, targets, batch_size: int) -> float:
+    """Element-wise MSE over the whole metric set (= the reference's batch-weighted mean of batch MSEs)."""
+    total = sum(float(distance(adaptors, frozen, teacher_state, images[i:i + batch_size], t))
+                for i, t in zip(range(0, len(images), batch_size), targets))
+    return total / sum(t.size for t in targets)
+
+
+def recover(teacher: ZooModel, block: str, images: np.ndarray, student_factory, config: RecoverConfig,
+            targets=None, progress: bool = True) -> dict:
+    """Train the adaptors of one candidate; return R, the distance before training, and timings."""
+    info = registry.get_info(teacher.model_name)
+    mean, std = info.mean, info.std
+    teacher.eval()
+    teacher_graphdef, teacher_state = nnx.split(teacher)
+    if targets is None:
+        targets = teacher_targets(teacher, images, mean, std, config.batch_size)
+    candidate = build_candidate(teacher, block, student_factory)
+    distance = make_distance(teacher_graphdef, candidate, mean, std)
+    raw = metric_distance(distance, candidate.adaptors, candidate.frozen, teacher_state, images, targets, config.batch_size)
+
+    optimizer, step = make_train_step(teacher_graphdef, candidate, config, mean, std)
+    adaptors = jax.tree.map(jnp.array, candidate.adaptors)  # own copy: the step donates its buffers
+    opt_state = optimizer.init(adaptors)
+    device_images = jnp.asarray(images)
+    batches = batch_indices(len(images), config.batch_size, np.random.RandomState(config.seed))
+    keys = jax.random.split(jax.random.key(config.seed), config.steps)
+    started = time.perf_counter()
+    loss = jnp.nan
+    for i in tqdm(range(config.steps), desc=f"recover {block}", unit="step", disable=not progress, leave=False):
+        adaptors, opt_state, loss = step(adaptors, opt_state, candidate.frozen, teacher_state,
+                                         device_images[next(batches)], keys[i])
+    final_loss = float(loss)
+    if not np.isfinite(final_loss):
+        raise UserError(f"adaptor training of {block} diverged (loss {final_loss}); lower the learning rate.")
+    train_seconds = time.perf_counter() - started
+    recoverability = metric_distance(distance, adaptors, candidate.frozen, teacher_state, images, targets, config.batch_size)
+    return {
+        "block": block, "recoverability": recoverability, "raw_distance": raw, "final_train_loss": final_loss,
+        "steps": config.steps, "train_seconds": train_seconds, "adaptor_sites": [s.name for s in candidate.sites],
+    }
+
+
+def score_candidates(teacher: ZooModel, blocks: Sequence[str], images: np.ndarray, student_factory,
+                     config: RecoverConfig, store: ResultsStore | None = None, progress: bool = True) -> list[dict]:
+    """R for every candidate, one at a time; finished candidates are read back from ``store``."""
+    info = registry.get_info(teacher.model_name)
+    targets = None
+    results = []
+    for block in tqdm(blocks, desc="candidates", unit="block", disable=not progress):
+        if store is not None and block in store:
+            results.append(store.get(block))
+            continue
+        if targets is None:
+            targets = teacher_targets(teacher, images, info.mean, info.std, config.batch_size)
+        record = recover(teacher, block, images, student_factory, config, targets=targets, progress=progress)
+        if store is not None:
+            store.put(block, record)
+        results.append(record)
+    return results

@@ -1,0 +1,60 @@
+"""An append-only JSON-lines results store, so a killed run resumes where it stopped.
+
+The first line records the settings the results depend on; reopening with
+other settings is refused (results of different settings must not mix).
+Each later line is one finished record, flushed and fsynced as it is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from model_zoo.errors import UserError
+
+
+class ResultsStore:
+    def __init__(self, path: str | os.PathLike, settings: dict):
+        self.path = Path(path)
+        self.settings = json.loads(json.dumps(settings))  # normalised as it will be read back
+        self.records: dict[str, dict] = {}
+        if self.path.exists() and self.path.stat().st_size:
+            self._read()
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._append({"settings": self.settings})
+
+    def _read(self) -> None:
+        text = self.path.read_text()
+        if not text.endswith("\n"):  # a record cut off by a kill: drop it, it is recomputed
+            text = text[: text.rfind("\n") + 1]
+            self.path.write_text(text)
+        lines = text.splitlines()
+        header = json.loads(lines[0]).get("settings")
+        if header != self.settings:
+            changed = sorted(k for k in set(header) | set(self.settings) if header.get(k) != self.settings.get(k))
+            raise UserError(
+                f"{self.path} holds results made with other settings ({', '.join(changed)} differ); "
+                "choose another output folder, or delete that file to start over."
+            )
+        for line in lines[1:]:
+            record = json.loads(line)
+            self.records[record["key"]] = record
+
+    def _append(self, obj: dict) -> None:
+        with self.path.open("a") as file:
+            file.write(json.dumps(obj) + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.records
+
+    def get(self, key: str) -> dict:
+        return self.records[key]
+
+    def put(self, key: str, record: dict) -> None:
+        record = {"key": key, **record}
+        self.records[key] = record
+        self._append(record)

@@ -1,0 +1,106 @@
+"""Adaptor training changes only adaptors, R is reproducible, and a killed scoring run resumes."""
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+import model_zoo
+from model_zoo.errors import UserError
+from model_zoo.layers import Adaptor
+from practise_jax import recoverability as rec
+from practise_jax.store import ResultsStore
+
+OVERRIDES = dict(widths=(4, 8, 16))
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    model = model_zoo.create("cifar_resnet20", rngs=nnx.Rngs(0), **OVERRIDES)
+    model.eval()
+    return model
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(0).integers(0, 256, (24, 32, 32, 3), dtype=np.uint8)
+
+
+def factory(teacher):
+    return lambda dropped: model_zoo.prune(teacher, dropped)
+
+
+CONFIG = rec.RecoverConfig(steps=4, batch_size=8, lr=0.002)
+
+
+def test_step_decay_schedule_matches_steplr():
+    config = rec.RecoverConfig(steps=10, lr=1.0)
+    schedule = [float(x) for x in map(lambda t: 1.0 * 0.1 ** (t // 4), range(10))]
+    tx = rec.step_decay_sgd(config)
+    params = {"w": jax.numpy.zeros(())}
+    state = tx.init(params)
+    seen = []
+    for _ in range(10):  # with momentum 0.9 and a constant gradient 1 the lr shows in the first update after each drop
+        updates, state = tx.update({"w": jax.numpy.ones(())}, state, params)
+        seen.append(float(updates["w"]))
+    assert seen[0] == pytest.approx(-schedule[0] * 1.0)
+    assert abs(seen[4]) < abs(seen[3]) / 5  # x0.1 at 40 % of the steps
+    assert abs(seen[8]) < abs(seen[7]) / 5  # and again at 80 %
+
+
+def test_batches_drop_the_last_partial_batch():
+    batches = rec.batch_indices(10, 4, np.random.RandomState(0))
+    first_epoch = [next(batches) for _ in range(2)]
+    assert all(len(b) == 4 for b in first_epoch)
+    assert len(set(np.concatenate(first_epoch))) == 8
+    small = rec.batch_indices(3, 4, np.random.RandomState(0))
+    assert sorted(next(small)) == [0, 1, 2]
+
+
+def test_training_moves_only_the_adaptors(teacher, images):
+    candidate = rec.build_candidate(teacher, "layer2.1", factory(teacher))
+    before = jax.tree.map(np.array, candidate.frozen)
+    result = rec.recover(teacher, "layer2.1", images, factory(teacher), CONFIG, progress=False)
+    after = rec.build_candidate(teacher, "layer2.1", factory(teacher)).frozen
+    jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.array, after))
+    assert result["recoverability"] < result["raw_distance"], "training the adaptors must reduce the distance"
+    assert result["adaptor_sites"] == ["layer2.0.conv2:post", "layer2.1.conv1:pre", "layer3.0.conv1:pre"]
+
+
+def test_recovery_is_deterministic(teacher, images):
+    a = rec.recover(teacher, "layer1.1", images, factory(teacher), CONFIG, progress=False)
+    b = rec.recover(teacher, "layer1.1", images, factory(teacher), CONFIG, progress=False)
+    assert a["recoverability"] == b["recoverability"]
+
+
+def test_resume_recomputes_nothing(teacher, images, tmp_path, monkeypatch):
+    settings = {"model": "tiny", "steps": CONFIG.steps}
+    store = ResultsStore(tmp_path / "r.jsonl", settings)
+    first = rec.score_candidates(teacher, ["layer1.1", "layer3.1"], images, factory(teacher), CONFIG, store, progress=False)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished candidate was recomputed")
+
+    monkeypatch.setattr(rec, "recover", fail)
+    again = rec.score_candidates(teacher, ["layer1.1", "layer3.1"], images, factory(teacher), CONFIG,
+                                 ResultsStore(tmp_path / "r.jsonl", settings), progress=False)
+    assert [r["recoverability"] for r in again] == [r["recoverability"] for r in first]
+
+
+def test_store_refuses_other_settings_and_survives_a_cut_line(tmp_path):
+    path = tmp_path / "r.jsonl"
+    store = ResultsStore(path, {"steps": 4})
+    store.put("layer1.1", {"recoverability": 1.0})
+    with path.open("a") as file:
+        file.write('{"key": "layer1.2", "recov')  # killed mid-write
+    reopened = ResultsStore(path, {"steps": 4})
+    assert "layer1.1" in reopened and "layer1.2" not in reopened
+    reopened.put("layer1.2", {"recoverability": 2.0})
+    assert ResultsStore(path, {"steps": 4}).get("layer1.2")["recoverability"] == 2.0
+    with pytest.raises(UserError, match="steps"):
+        ResultsStore(path, {"steps": 8})
+
+
+def test_zero_steps_is_refused():
+    with pytest.raises(UserError, match="at least 1 step"):
+        rec.RecoverConfig(steps=0)

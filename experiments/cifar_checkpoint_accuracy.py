@@ -1,0 +1,91 @@
+"""Accuracy of the four akamaster CIFAR-10 ResNet checkpoints under our JAX models.
+
+Run from the repository root:
+
+    python experiments/cifar_checkpoint_accuracy.py
+
+(``--data-dir`` or ``$PRACTISE_DATA`` points at shared/data; default ``../shared/data``.)
+
+Two unbiased estimates on the exact CIFAR-10 test pixels
+(``cifar10/cifar10_test_exact.npz``, 4,599 images, class-imbalanced):
+
+* ``top1_prefix``: top-1 on the 1,017 images with ``source == 0``, a uniform
+  prefix (indices 0-1016) of the official test set;
+* ``class_mean_all``: mean of the per-class accuracies over all 4,599 images.
+
+``top1_all`` (plain top-1 over the imbalanced 4,599) is written too, for
+reference only. Writes ``experiments/results/cifar_checkpoint_accuracy.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+from pathlib import Path
+
+import jax
+import numpy as np
+
+import model_zoo
+from practise_jax.data import load_source
+from practise_jax.evaluate import evaluate
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "experiments" / "results" / "cifar_checkpoint_accuracy.csv"
+DEPTHS = (20, 32, 44, 56)
+# shared/data/README.md section 1, measured there with an independent PyTorch model.
+README_TOP1_PREFIX = {20: 91.64, 32: 92.82, 44: 93.41, 56: 92.72}
+README_CLASS_MEAN_ALL = {20: 92.09, 32: 93.38, 44: 93.89, 56: 93.62}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("PRACTISE_DATA", REPO.parent / "shared" / "data")))
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+
+    npz = args.data_dir / "cifar10" / "cifar10_test_exact.npz"
+    data = load_source(f"npz:{npz}")
+    with np.load(npz, allow_pickle=False) as archive:
+        prefix = data.take(np.flatnonzero(archive["source"] == 0))
+
+    rows = []
+    for depth in DEPTHS:
+        name = f"cifar_resnet{depth}"
+        info = model_zoo.get_info(name)
+        known = info.weights[0]
+        weights = args.data_dir / "cifar10_resnets" / known.filename
+        model = model_zoo.load(name, weights)
+        on_prefix = evaluate(model, prefix, info.mean, info.std, batch_size=args.batch_size, progress=False)
+        on_all = evaluate(model, data, info.mean, info.std, batch_size=args.batch_size, progress=False)
+        rows.append({
+            "model": name,
+            "weights": known.filename,
+            "prefix_images": on_prefix.count,
+            "top1_prefix": round(on_prefix.top1, 2),
+            "readme_top1_prefix": README_TOP1_PREFIX[depth],
+            "all_images": on_all.count,
+            "class_mean_all": round(on_all.class_mean, 2),
+            "readme_class_mean_all": README_CLASS_MEAN_ALL[depth],
+            "top1_all": round(on_all.top1, 2),
+            "published_top1": known.top1,
+            "device": jax.devices()[0].platform,
+            "jax": jax.__version__,
+            "python": platform.python_version(),
+        })
+        print(f"{name}: top-1 on the 1,017-image prefix {on_prefix.top1:.2f}% (README {README_TOP1_PREFIX[depth]}), "
+              f"class-mean over {on_all.count} {on_all.class_mean:.2f}% (README {README_CLASS_MEAN_ALL[depth]})")
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -135,3 +135,21 @@ def _fold_pre(kernel: np.ndarray, matrix: np.ndarray, groups: int) -> np.ndarray
     if groups != 1:
         raise ValueError("a pre-adaptor cannot be folded into a grouped (depthwise) conv")
     return np.einsum("ij,hwjo->hwio", matrix, kernel)
+
+
+def teacher_sites(teacher: ZooModel, dropped: str) -> list[Site]:
+    """The sites of `placement` for dropping ``dropped``, as paths in the teacher itself.
+
+    Used when the block is dropped by a dynamic mask instead of being removed:
+    the student's renumbered blocks are mapped back to the teacher's addresses.
+    """
+    from model_zoo.prune import prune  # a light import; prune needs the registry
+
+    student = prune(teacher, [dropped])
+    to_original = dict(zip(student.blocks, student.origin))
+    to_teacher = {original: current for current, original in zip(teacher.blocks, teacher.origin)}
+    sites = []
+    for site in placement(student, dropped):
+        group, index = split_address(to_teacher[to_original[f"{site.path[0]}.{site.path[1]}"]])
+        sites.append(Site((group, index) + tuple(site.path[2:]), site.kind))
+    return sites

@@ -179,24 +179,174 @@ def recover(teacher: ZooModel, block: str, images: np.ndarray, student_factory, 
     recoverability = metric_distance(distance, adaptors, candidate.frozen, teacher_state, images, targets, config.batch_size)
     return {
         "block": block, "recoverability": recoverability, "raw_distance": raw, "final_train_loss": final_loss,
-        "steps": config.steps, "train_seconds": train_seconds, "adaptor_sites": [s.name for s in candidate.sites],
+        "steps": config.steps, "train_seconds": train_seconds,
+        "adaptor_sites": [s.name for s in adaptor_lib.teacher_sites(teacher, block)],  # in the teacher's block names
     }
 
 
-def score_candidates(teacher: ZooModel, blocks: Sequence[str], images: np.ndarray, student_factory,
-                     config: RecoverConfig, store: ResultsStore | None = None, progress: bool = True) -> list[dict]:
-    """R for every candidate, one at a time; finished candidates are read back from ``store``."""
+@dataclasses.dataclass
+class Group:
+    """Candidates that share their first adapted block, scored together under ``jax.vmap``.
+
+    The student is the teacher itself with the candidate dropped by a dynamic
+    block mask, and identity adaptors at the union of the candidates' sites.
+    ``active[k]`` says which sites candidate k trains: an inactive adaptor is
+    replaced by the identity in the forward pass, so it has no effect and no
+    gradient, and each candidate computes exactly what its own static student does.
+    """
+
+    blocks: list[str]
+    sites: list[list]
+    start: str
+    graphdef: nnx.GraphDef
+    adaptors: nnx.State  # one copy; stacked per candidate when training
+    frozen: nnx.State
+    masks: jax.Array  # (K, len(droppable)) block masks
+    active: nnx.State  # per site, (K,) 0/1
+
+
+def build_group(teacher: ZooModel, blocks: Sequence[str]) -> Group:
+    sites = [adaptor_lib.teacher_sites(teacher, block) for block in blocks]
+    union = list(dict.fromkeys(site for group in sites for site in group))
+    model = registry.create(teacher.model_name, dropped=teacher.dropped, **dict(teacher.overrides))
+    nnx.update(model, nnx.state(teacher, (nnx.Param, nnx.BatchStat)))
+    adaptor_lib.attach(model, union)
+    model.eval()
+    starts = {adaptor_lib.first_adapted_block(model, group) for group in sites}
+    if len(starts) != 1:
+        raise ValueError(f"candidates {list(blocks)} do not share their first adapted block ({sorted(starts)})")
+    graphdef, adaptors, frozen = nnx.split(model, Adaptor, ...)
+    masks = jnp.asarray([[0.0 if d == block else 1.0 for d in model.droppable] for block in blocks])
+    flat = nnx.to_flat_state(adaptors)
+    active = nnx.from_flat_state([
+        (path, variable.replace(jnp.asarray([float(_site_at(path, kind_sites)) for kind_sites in sites])))
+        for path, variable in flat])
+    return Group(list(blocks), sites, starts.pop(), graphdef, adaptors, frozen, masks, active)
+
+
+def _site_at(path: tuple, sites: list) -> bool:
+    """Whether the adaptor variable at state ``path`` (conv path + ``pre_adaptor``) is one of ``sites``."""
+    kind = path[-1].removesuffix("_adaptor")
+    return any(site.path == tuple(path[:-1]) and site.kind == kind for site in sites)
+
+
+def _effective(adaptors, active):
+    """Active adaptors as they are, inactive ones replaced by the identity (exactly)."""
+    return jax.tree.map(lambda m, a: a * m + (1.0 - a) * jnp.eye(m.shape[0], dtype=m.dtype), adaptors, active)
+
+
+def make_group_step(teacher_graphdef, group: Group, config: RecoverConfig, mean, std):
+    """One update of every candidate of ``group`` at once: vmap over (adaptors, opt_state, mask, active)."""
+    optimizer = step_decay_sgd(config)
+    start = group.start
+
+    def loss_fn(adaptors, active, mask, frozen, h, target):
+        model = nnx.merge(group.graphdef, _effective(adaptors, active), frozen)
+        return mse(model(h, mask, start=start)[1]["pre_gap"], target)
+
+    def update(adaptors, opt_state, mask, active, frozen, h, target):
+        loss, grads = jax.value_and_grad(loss_fn)(adaptors, active, mask, frozen, h, target)
+        updates, opt_state = optimizer.update(grads, opt_state, adaptors)
+        return optax.apply_updates(adaptors, updates), opt_state, loss
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(adaptors, opt_state, masks, active, frozen, teacher_state, images, key):
+        teacher = nnx.merge(teacher_graphdef, teacher_state)
+        x = transforms.train_view(key, images, mean, std)
+        h = jax.lax.stop_gradient(teacher.block_input(x, start))
+        target = jax.lax.stop_gradient(teacher(h, start=start)[1]["pre_gap"])
+        return jax.vmap(update, in_axes=(0, 0, 0, 0, None, None, None))(adaptors, opt_state, masks, active, frozen, h, target)
+
+    @jax.jit
+    def distance(adaptors, masks, active, frozen, teacher_state, images, target):
+        teacher = nnx.merge(teacher_graphdef, teacher_state)
+        h = teacher.block_input(transforms.eval_view(images, mean, std), start)
+
+        def one(adaptors, mask, active):
+            model = nnx.merge(group.graphdef, _effective(adaptors, active), frozen)
+            return jnp.sum(jnp.square(model(h, mask, start=start)[1]["pre_gap"] - target))
+
+        return jax.vmap(one)(adaptors, masks, active)
+
+    return optimizer, step, distance
+
+
+def recover_group(teacher: ZooModel, blocks: Sequence[str], images: np.ndarray, config: RecoverConfig,
+                  targets=None, progress: bool = True) -> list[dict]:
+    """`recover` for several candidates in one compiled computation (same batches and keys for each)."""
     info = registry.get_info(teacher.model_name)
-    targets = None
-    results = []
-    for block in tqdm(blocks, desc="candidates", unit="block", disable=not progress):
-        if store is not None and block in store:
-            results.append(store.get(block))
-            continue
-        if targets is None:
-            targets = teacher_targets(teacher, images, info.mean, info.std, config.batch_size)
-        record = recover(teacher, block, images, student_factory, config, targets=targets, progress=progress)
-        if store is not None:
-            store.put(block, record)
-        results.append(record)
-    return results
+    mean, std = info.mean, info.std
+    teacher.eval()
+    teacher_graphdef, teacher_state = nnx.split(teacher)
+    if targets is None:
+        targets = teacher_targets(teacher, images, mean, std, config.batch_size)
+    group = build_group(teacher, blocks)
+    optimizer, step, distance = make_group_step(teacher_graphdef, group, config, mean, std)
+    count = len(blocks)
+    stacked = jax.tree.map(lambda m: jnp.broadcast_to(m, (count,) + m.shape), group.adaptors)
+
+    def metric(adaptors):
+        total = sum(np.asarray(distance(adaptors, group.masks, group.active, group.frozen, teacher_state,
+                                        images[i:i + config.batch_size], t))
+                    for i, t in zip(range(0, len(images), config.batch_size), targets))
+        return total / sum(t.size for t in targets)
+
+    raw = metric(stacked)
+    adaptors = jax.tree.map(jnp.array, stacked)
+    opt_state = jax.vmap(optimizer.init)(adaptors)
+    device_images = jnp.asarray(images)
+    batches = batch_indices(len(images), config.batch_size, np.random.RandomState(config.seed))
+    keys = jax.random.split(jax.random.key(config.seed), config.steps)
+    started = time.perf_counter()
+    losses = None
+    for i in tqdm(range(config.steps), desc=f"recover {blocks[0]}..{blocks[-1]} ({count})", unit="step",
+                  disable=not progress, leave=False):
+        adaptors, opt_state, losses = step(adaptors, opt_state, group.masks, group.active, group.frozen,
+                                           teacher_state, device_images[next(batches)], keys[i])
+    losses = np.asarray(losses)
+    train_seconds = time.perf_counter() - started
+    recovered = metric(adaptors)
+    records = []
+    for k, block in enumerate(blocks):
+        if not np.isfinite(losses[k]):
+            raise UserError(f"adaptor training of {block} diverged (loss {losses[k]}); lower the learning rate.")
+        records.append({
+            "block": block, "recoverability": float(recovered[k]), "raw_distance": float(raw[k]),
+            "final_train_loss": float(losses[k]), "steps": config.steps, "train_seconds": train_seconds / count,
+            "adaptor_sites": [s.name for s in group.sites[k]], "vmapped_with": list(blocks),
+        })
+    return records
+
+
+def score_candidates(teacher: ZooModel, blocks: Sequence[str], images: np.ndarray, student_factory,
+                     config: RecoverConfig, store: ResultsStore | None = None, progress: bool = True,
+                     vmap: bool = False) -> list[dict]:
+    """R for every candidate; finished candidates are read back from ``store``.
+
+    ``vmap=True`` trains the candidates that share their first adapted block
+    (a stage) together in one compiled computation; otherwise one at a time.
+    """
+    info = registry.get_info(teacher.model_name)
+    pending = [b for b in blocks if store is None or b not in store]
+    done = {b: store.get(b) for b in blocks if store is not None and b in store}
+    targets = teacher_targets(teacher, images, info.mean, info.std, config.batch_size) if pending else None
+    units = _stages(teacher, pending) if vmap else [[b] for b in pending]
+    for unit in tqdm(units, desc="candidates", unit="group" if vmap else "block", disable=not progress):
+        if vmap:
+            records = recover_group(teacher, unit, images, config, targets=targets, progress=progress)
+        else:
+            records = [recover(teacher, unit[0], images, student_factory, config, targets=targets, progress=progress)]
+        for record in records:
+            if store is not None:
+                store.put(record["block"], record)
+            done[record["block"]] = record
+    return [done[b] for b in blocks]
+
+
+def _stages(teacher: ZooModel, blocks: Sequence[str]) -> list[list[str]]:
+    """Candidates grouped by the block where their adaptors start (their stage)."""
+    groups: dict[str, list[str]] = {}
+    for block in blocks:
+        start = adaptor_lib.first_adapted_block(teacher, adaptor_lib.teacher_sites(teacher, block))
+        groups.setdefault(start, []).append(block)
+    return list(groups.values())

@@ -32,7 +32,7 @@ def make_divisible(value: float, divisor: int = 8) -> int:
 
 
 def block_addresses() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """``features.0..18``; droppable = repeats 2.. of each stage (11 blocks)."""
+    """``features.0..18``; droppable = repeats 2.. of each stage (10 blocks; the spec says 11 but lists 10)."""
     all_blocks = tuple(f"features.{i}" for i in range(2 + sum(n for _, _, n, _ in INVERTED_RESIDUAL_SETTING)))
     droppable, index = [], 1
     for _, _, n, _ in INVERTED_RESIDUAL_SETTING:

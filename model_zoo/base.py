@@ -47,6 +47,7 @@ class ZooModel(nnx.Module):
     """
 
     stage_features = True  # record each stage's output under its group name (layer1, ...)
+    head: str  # each family names the attribute holding its classifier (kept out of the mimic finetune)
 
     def _set_layout(self, layout: BlockLayout) -> None:
         self.model_name = layout.name

@@ -58,6 +58,7 @@ class BasicBlock(nnx.Module):
 
 
 class CifarResNet(ZooModel):
+    head = "linear"  # the classifier's attribute
     def __init__(
         self,
         depth: int = 56,

@@ -67,6 +67,7 @@ class InvertedResidual(nnx.Module):
 
 
 class MobileNetV2(ZooModel):
+    head = "classifier"  # the classifier's attribute
     stage_features = False  # stages are not named groups here; stem and pre_gap are recorded
     def __init__(
         self,

@@ -75,6 +75,7 @@ class Bottleneck(nnx.Module):
 
 
 class ResNet(ZooModel):
+    head = "fc"  # the classifier's attribute
     def __init__(
         self,
         stage_sizes: Sequence[int],

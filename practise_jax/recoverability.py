@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -26,12 +26,12 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from model_zoo import registry
+import model_zoo
 from model_zoo.base import ZooModel
 from model_zoo.errors import UserError
 from model_zoo.layers import Adaptor
 from practise_jax import adaptors as adaptor_lib
-from practise_jax import transforms
+from practise_jax.transforms import Views
 from practise_jax.store import ResultsStore
 
 
@@ -88,17 +88,30 @@ class Candidate:
     frozen: nnx.State
 
 
-def build_candidate(teacher: ZooModel, block: str, student_factory: Callable[[Sequence[str]], ZooModel]) -> Candidate:
-    """The teacher minus ``block`` (weights copied), with adaptors at the reference's sites."""
-    student = student_factory([block])
-    sites = adaptor_lib.placement(student, block)
+def build_candidate(teacher: ZooModel, blocks: Sequence[str]) -> Candidate:
+    """The teacher minus ``blocks`` (weights copied), with adaptors at the reference's sites.
+
+    One block is the reference's candidate. For several, the sites are the
+    union of each block's sites; a site inside another dropped block is gone.
+    """
+    student = model_zoo.prune(teacher, blocks)
+    to_student = {original: new for new, original in zip(student.blocks, student.origin)}
+    to_original = dict(zip(teacher.blocks, teacher.origin))
+    sites = []
+    for block in blocks:
+        for site in adaptor_lib.teacher_sites(teacher, block):
+            address = to_student.get(to_original[f"{site.path[0]}.{site.path[1]}"])
+            if address is not None:
+                group, index = address.rsplit(".", 1)
+                sites.append(adaptor_lib.Site((group, int(index)) + tuple(site.path[2:]), site.kind))
+    sites = list(dict.fromkeys(sites))
     adaptor_lib.attach(student, sites)
     student.eval()
     graphdef, adaptors, frozen = nnx.split(student, Adaptor, ...)
-    return Candidate(block, sites, adaptor_lib.first_adapted_block(student, sites), graphdef, adaptors, frozen)
+    return Candidate(",".join(blocks), sites, adaptor_lib.first_adapted_block(student, sites), graphdef, adaptors, frozen)
 
 
-def make_train_step(teacher_graphdef, candidate: Candidate, config: RecoverConfig, mean, std):
+def make_train_step(teacher_graphdef, candidate: Candidate, config: RecoverConfig, views: Views):
     """One jit-compiled adaptor update: (adaptors, opt_state, ...) -> (adaptors, opt_state, loss)."""
     optimizer = step_decay_sgd(config)
     start = candidate.start
@@ -110,7 +123,7 @@ def make_train_step(teacher_graphdef, candidate: Candidate, config: RecoverConfi
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def step(adaptors, opt_state, frozen, teacher_state, images, key):
         teacher = nnx.merge(teacher_graphdef, teacher_state)
-        x = transforms.train_view(key, images, mean, std)
+        x = views.train(key, images)
         h = jax.lax.stop_gradient(teacher.block_input(x, start))
         target = jax.lax.stop_gradient(teacher(h, start=start)[1]["pre_gap"])
         loss, grads = jax.value_and_grad(loss_fn)(adaptors, frozen, h, target)
@@ -120,24 +133,24 @@ def make_train_step(teacher_graphdef, candidate: Candidate, config: RecoverConfi
     return optimizer, step
 
 
-def make_distance(teacher_graphdef, candidate: Candidate, mean, std):
+def make_distance(teacher_graphdef, candidate: Candidate, views: Views):
     """Sum of squared pre_gap differences over a metric batch (divide by the element count for MSE)."""
 
     @jax.jit
     def distance(adaptors, frozen, teacher_state, images, target):
         teacher = nnx.merge(teacher_graphdef, teacher_state)
-        h = teacher.block_input(transforms.eval_view(images, mean, std), candidate.start)
+        h = teacher.block_input(views.eval(images), candidate.start)
         _, features = nnx.merge(candidate.graphdef, adaptors, frozen)(h, start=candidate.start)
         return jnp.sum(jnp.square(features["pre_gap"] - target))
 
     return distance
 
 
-def teacher_targets(teacher: ZooModel, images: np.ndarray, mean, std, batch_size: int) -> list[jax.Array]:
+def teacher_targets(teacher: ZooModel, images: np.ndarray, views: Views, batch_size: int) -> list[jax.Array]:
     """The teacher's pre_gap features of the metric view, per batch; shared by every candidate."""
     teacher.eval()
     graphdef, state = nnx.split(teacher)
-    forward = jax.jit(lambda state, images: nnx.merge(graphdef, state)(transforms.eval_view(images, mean, std))[1]["pre_gap"])
+    forward = jax.jit(lambda state, images: nnx.merge(graphdef, state)(views.eval(images))[1]["pre_gap"])
     return [forward(state, images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
 
 
@@ -148,20 +161,18 @@ def metric_distance(distance, adaptors, frozen, teacher_state, images: np.ndarra
     return total / sum(t.size for t in targets)
 
 
-def recover(teacher: ZooModel, block: str, images: np.ndarray, student_factory, config: RecoverConfig,
-            targets=None, progress: bool = True) -> dict:
-    """Train the adaptors of one candidate; return R, the distance before training, and timings."""
-    info = registry.get_info(teacher.model_name)
-    mean, std = info.mean, info.std
+def train_adaptors(teacher: ZooModel, blocks: Sequence[str], images: np.ndarray, views: Views, config: RecoverConfig,
+                   targets=None, progress: bool = True) -> tuple[Candidate, nnx.State, dict]:
+    """Train the adaptors of the student lacking ``blocks``; returns it, its trained adaptors and the figures."""
     teacher.eval()
     teacher_graphdef, teacher_state = nnx.split(teacher)
     if targets is None:
-        targets = teacher_targets(teacher, images, mean, std, config.batch_size)
-    candidate = build_candidate(teacher, block, student_factory)
-    distance = make_distance(teacher_graphdef, candidate, mean, std)
+        targets = teacher_targets(teacher, images, views, config.batch_size)
+    candidate = build_candidate(teacher, blocks)
+    distance = make_distance(teacher_graphdef, candidate, views)
     raw = metric_distance(distance, candidate.adaptors, candidate.frozen, teacher_state, images, targets, config.batch_size)
 
-    optimizer, step = make_train_step(teacher_graphdef, candidate, config, mean, std)
+    optimizer, step = make_train_step(teacher_graphdef, candidate, config, views)
     adaptors = jax.tree.map(jnp.array, candidate.adaptors)  # own copy: the step donates its buffers
     opt_state = optimizer.init(adaptors)
     device_images = jnp.asarray(images)
@@ -169,19 +180,33 @@ def recover(teacher: ZooModel, block: str, images: np.ndarray, student_factory, 
     keys = jax.random.split(jax.random.key(config.seed), config.steps)
     started = time.perf_counter()
     loss = jnp.nan
-    for i in tqdm(range(config.steps), desc=f"recover {block}", unit="step", disable=not progress, leave=False):
+    for i in tqdm(range(config.steps), desc=f"recover {candidate.block}", unit="step", disable=not progress, leave=False):
         adaptors, opt_state, loss = step(adaptors, opt_state, candidate.frozen, teacher_state,
                                          device_images[next(batches)], keys[i])
     final_loss = float(loss)
     if not np.isfinite(final_loss):
-        raise UserError(f"adaptor training of {block} diverged (loss {final_loss}); lower the learning rate.")
+        raise UserError(f"adaptor training of {candidate.block} diverged (loss {final_loss}); lower the learning rate.")
     train_seconds = time.perf_counter() - started
     recoverability = metric_distance(distance, adaptors, candidate.frozen, teacher_state, images, targets, config.batch_size)
-    return {
-        "block": block, "recoverability": recoverability, "raw_distance": raw, "final_train_loss": final_loss,
-        "steps": config.steps, "train_seconds": train_seconds,
-        "adaptor_sites": [s.name for s in adaptor_lib.teacher_sites(teacher, block)],  # in the teacher's block names
-    }
+    figures = {"recoverability": recoverability, "raw_distance": raw, "final_train_loss": final_loss,
+               "steps": config.steps, "train_seconds": train_seconds}
+    return candidate, adaptors, figures
+
+
+def recover(teacher: ZooModel, block: str, images: np.ndarray, views: Views, config: RecoverConfig,
+            targets=None, progress: bool = True) -> dict:
+    """R of one candidate block: its adaptors trained, the distance before training, timings."""
+    _, _, figures = train_adaptors(teacher, [block], images, views, config, targets, progress)
+    return {"block": block, **figures,
+            "adaptor_sites": [s.name for s in adaptor_lib.teacher_sites(teacher, block)]}  # in the teacher's block names
+
+
+def recovered_student(teacher: ZooModel, blocks: Sequence[str], images: np.ndarray, views: Views,
+                      config: RecoverConfig, progress: bool = True) -> tuple[ZooModel, dict]:
+    """The student lacking ``blocks`` with its trained adaptors folded into its convs (a finetune start)."""
+    candidate, adaptors, figures = train_adaptors(teacher, blocks, images, views, config, progress=progress)
+    student = nnx.merge(candidate.graphdef, adaptors, candidate.frozen)
+    return adaptor_lib.fold(student), figures
 
 
 @dataclasses.dataclass
@@ -208,8 +233,7 @@ class Group:
 def build_group(teacher: ZooModel, blocks: Sequence[str]) -> Group:
     sites = [adaptor_lib.teacher_sites(teacher, block) for block in blocks]
     union = list(dict.fromkeys(site for group in sites for site in group))
-    model = registry.create(teacher.model_name, dropped=teacher.dropped, **dict(teacher.overrides))
-    nnx.update(model, nnx.state(teacher, (nnx.Param, nnx.BatchStat)))
+    model = model_zoo.prune(teacher, [])  # a copy that will carry the union of adaptors
     adaptor_lib.attach(model, union)
     model.eval()
     starts = {adaptor_lib.first_adapted_block(model, group) for group in sites}
@@ -235,7 +259,7 @@ def _effective(adaptors, active):
     return jax.tree.map(lambda m, a: a * m + (1.0 - a) * jnp.eye(m.shape[0], dtype=m.dtype), adaptors, active)
 
 
-def make_group_step(teacher_graphdef, group: Group, config: RecoverConfig, mean, std):
+def make_group_step(teacher_graphdef, group: Group, config: RecoverConfig, views: Views):
     """One update of every candidate of ``group`` at once: vmap over (adaptors, opt_state, mask, active)."""
     optimizer = step_decay_sgd(config)
     start = group.start
@@ -252,7 +276,7 @@ def make_group_step(teacher_graphdef, group: Group, config: RecoverConfig, mean,
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def step(adaptors, opt_state, masks, active, frozen, teacher_state, images, key):
         teacher = nnx.merge(teacher_graphdef, teacher_state)
-        x = transforms.train_view(key, images, mean, std)
+        x = views.train(key, images)
         h = jax.lax.stop_gradient(teacher.block_input(x, start))
         target = jax.lax.stop_gradient(teacher(h, start=start)[1]["pre_gap"])
         return jax.vmap(update, in_axes=(0, 0, 0, 0, None, None, None))(adaptors, opt_state, masks, active, frozen, h, target)
@@ -260,7 +284,7 @@ def make_group_step(teacher_graphdef, group: Group, config: RecoverConfig, mean,
     @jax.jit
     def distance(adaptors, masks, active, frozen, teacher_state, images, target):
         teacher = nnx.merge(teacher_graphdef, teacher_state)
-        h = teacher.block_input(transforms.eval_view(images, mean, std), start)
+        h = teacher.block_input(views.eval(images), start)
 
         def one(adaptors, mask, active):
             model = nnx.merge(group.graphdef, _effective(adaptors, active), frozen)
@@ -271,17 +295,15 @@ def make_group_step(teacher_graphdef, group: Group, config: RecoverConfig, mean,
     return optimizer, step, distance
 
 
-def recover_group(teacher: ZooModel, blocks: Sequence[str], images: np.ndarray, config: RecoverConfig,
+def recover_group(teacher: ZooModel, blocks: Sequence[str], images: np.ndarray, views: Views, config: RecoverConfig,
                   targets=None, progress: bool = True) -> list[dict]:
     """`recover` for several candidates in one compiled computation (same batches and keys for each)."""
-    info = registry.get_info(teacher.model_name)
-    mean, std = info.mean, info.std
     teacher.eval()
     teacher_graphdef, teacher_state = nnx.split(teacher)
     if targets is None:
-        targets = teacher_targets(teacher, images, mean, std, config.batch_size)
+        targets = teacher_targets(teacher, images, views, config.batch_size)
     group = build_group(teacher, blocks)
-    optimizer, step, distance = make_group_step(teacher_graphdef, group, config, mean, std)
+    optimizer, step, distance = make_group_step(teacher_graphdef, group, config, views)
     count = len(blocks)
     stacked = jax.tree.map(lambda m: jnp.broadcast_to(m, (count,) + m.shape), group.adaptors)
 
@@ -318,7 +340,7 @@ def recover_group(teacher: ZooModel, blocks: Sequence[str], images: np.ndarray, 
     return records
 
 
-def score_candidates(teacher: ZooModel, blocks: Sequence[str], images: np.ndarray, student_factory,
+def score_candidates(teacher: ZooModel, blocks: Sequence[str], images: np.ndarray, views: Views,
                      config: RecoverConfig, store: ResultsStore | None = None, progress: bool = True,
                      vmap: bool = False) -> list[dict]:
     """R for every candidate; finished candidates are read back from ``store``.
@@ -326,16 +348,15 @@ def score_candidates(teacher: ZooModel, blocks: Sequence[str], images: np.ndarra
     ``vmap=True`` trains the candidates that share their first adapted block
     (a stage) together in one compiled computation; otherwise one at a time.
     """
-    info = registry.get_info(teacher.model_name)
     pending = [b for b in blocks if store is None or b not in store]
     done = {b: store.get(b) for b in blocks if store is not None and b in store}
-    targets = teacher_targets(teacher, images, info.mean, info.std, config.batch_size) if pending else None
+    targets = teacher_targets(teacher, images, views, config.batch_size) if pending else None
     units = _stages(teacher, pending) if vmap else [[b] for b in pending]
     for unit in tqdm(units, desc="candidates", unit="group" if vmap else "block", disable=not progress):
         if vmap:
-            records = recover_group(teacher, unit, images, config, targets=targets, progress=progress)
+            records = recover_group(teacher, unit, images, views, config, targets=targets, progress=progress)
         else:
-            records = [recover(teacher, unit[0], images, student_factory, config, targets=targets, progress=progress)]
+            records = [recover(teacher, unit[0], images, views, config, targets=targets, progress=progress)]
         for record in records:
             if store is not None:
                 store.put(record["block"], record)

@@ -10,6 +10,7 @@ from model_zoo.errors import UserError
 from model_zoo.layers import Adaptor
 from practise_jax import recoverability as rec
 from practise_jax.store import ResultsStore
+from practise_jax.transforms import views_for
 
 OVERRIDES = dict(widths=(4, 8, 16))
 
@@ -26,8 +27,7 @@ def images():
     return np.random.default_rng(0).integers(0, 256, (24, 32, 32, 3), dtype=np.uint8)
 
 
-def factory(teacher):
-    return lambda dropped: model_zoo.prune(teacher, dropped)
+VIEWS = views_for(model_zoo.get_info("cifar_resnet20"), 32)
 
 
 CONFIG = rec.RecoverConfig(steps=4, batch_size=8, lr=0.002)
@@ -58,31 +58,31 @@ def test_batches_drop_the_last_partial_batch():
 
 
 def test_training_moves_only_the_adaptors(teacher, images):
-    candidate = rec.build_candidate(teacher, "layer2.1", factory(teacher))
+    candidate = rec.build_candidate(teacher, ["layer2.1"])
     before = jax.tree.map(np.array, candidate.frozen)
-    result = rec.recover(teacher, "layer2.1", images, factory(teacher), CONFIG, progress=False)
-    after = rec.build_candidate(teacher, "layer2.1", factory(teacher)).frozen
+    result = rec.recover(teacher, "layer2.1", images, VIEWS, CONFIG, progress=False)
+    after = rec.build_candidate(teacher, ["layer2.1"]).frozen
     jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.array, after))
     assert result["recoverability"] < result["raw_distance"], "training the adaptors must reduce the distance"
     assert result["adaptor_sites"] == ["layer2.0.conv2:post", "layer2.2.conv1:pre", "layer3.0.conv1:pre"]
 
 
 def test_recovery_is_deterministic(teacher, images):
-    a = rec.recover(teacher, "layer1.1", images, factory(teacher), CONFIG, progress=False)
-    b = rec.recover(teacher, "layer1.1", images, factory(teacher), CONFIG, progress=False)
+    a = rec.recover(teacher, "layer1.1", images, VIEWS, CONFIG, progress=False)
+    b = rec.recover(teacher, "layer1.1", images, VIEWS, CONFIG, progress=False)
     assert a["recoverability"] == b["recoverability"]
 
 
 def test_resume_recomputes_nothing(teacher, images, tmp_path, monkeypatch):
     settings = {"model": "tiny", "steps": CONFIG.steps}
     store = ResultsStore(tmp_path / "r.jsonl", settings)
-    first = rec.score_candidates(teacher, ["layer1.1", "layer3.1"], images, factory(teacher), CONFIG, store, progress=False)
+    first = rec.score_candidates(teacher, ["layer1.1", "layer3.1"], images, VIEWS, CONFIG, store, progress=False)
 
     def fail(*args, **kwargs):
         raise AssertionError("a finished candidate was recomputed")
 
     monkeypatch.setattr(rec, "recover", fail)
-    again = rec.score_candidates(teacher, ["layer1.1", "layer3.1"], images, factory(teacher), CONFIG,
+    again = rec.score_candidates(teacher, ["layer1.1", "layer3.1"], images, VIEWS, CONFIG,
                                  ResultsStore(tmp_path / "r.jsonl", settings), progress=False)
     assert [r["recoverability"] for r in again] == [r["recoverability"] for r in first]
 
@@ -108,9 +108,19 @@ def test_zero_steps_is_refused():
 
 def test_vmapped_scoring_equals_one_at_a_time(teacher, images):
     blocks = ["layer2.1", "layer2.2"]
-    one = [rec.recover(teacher, b, images, factory(teacher), CONFIG, progress=False) for b in blocks]
-    together = rec.recover_group(teacher, blocks, images, CONFIG, progress=False)
+    one = [rec.recover(teacher, b, images, VIEWS, CONFIG, progress=False) for b in blocks]
+    together = rec.recover_group(teacher, blocks, images, VIEWS, CONFIG, progress=False)
     for a, b in zip(one, together):
         assert a["block"] == b["block"] and a["adaptor_sites"] == b["adaptor_sites"]
         assert b["raw_distance"] == pytest.approx(a["raw_distance"], rel=1e-5)
         assert b["recoverability"] == pytest.approx(a["recoverability"], rel=1e-4)
+
+
+def test_folded_recovered_student_keeps_its_recovered_features(teacher, images):
+    student, figures = rec.recovered_student(teacher, ["layer1.1", "layer1.2"], images, VIEWS, CONFIG, progress=False)
+    assert not jax.tree.leaves(nnx.state(student, Adaptor))
+    assert student.dropped == ("layer1.1", "layer1.2")
+    x = VIEWS.eval(images)
+    target = teacher(x)[1]["pre_gap"]
+    distance = float(np.mean(np.square(np.asarray(student(x)[1]["pre_gap"] - target))))
+    assert distance == pytest.approx(figures["recoverability"], rel=1e-3)

@@ -1,0 +1,178 @@
+"""One adaptor-training step of ours against the same step in PyTorch, side by side.
+
+The step (PRACTISE_SPEC.md section 4.2): teacher and student (teacher minus one
+block, identity 1x1 adaptors around the gap) in eval mode, MSE between their
+pre-GAP features, SGD (lr 0.02, momentum 0.9, weight decay 1e-4) on the
+adaptors only. Both sides get the same fixed, already augmented batch (ours
+adds its in-step crop/flip, which is cheap), the same weights and the same
+adaptor sites; each is warmed up, then timed over ``--steps`` steps, blocking
+until the result is ready. The two sides alternate in ``--rounds`` rounds so
+that drift on a shared machine hits both.
+
+    python experiments/bench_recover_step.py --model cifar_resnet56 --blocks layer1.1,layer2.4,layer3.8 \
+        --batch-size 64 --steps 10 --rounds 3 --out experiments/results/bench_recover_step.csv
+
+Needs the ``torch`` extra (``pip install torch==2.13.0``). Weights: the real
+checkpoint from ``$PRACTISE_DATA`` (default ../shared/data) when present, else random.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+from flax import nnx
+import torch.nn.functional as F
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the PyTorch reference models live beside the parity tests
+
+import model_zoo  # noqa: E402
+from practise_jax import recoverability as rec  # noqa: E402
+from practise_jax.transforms import views_for  # noqa: E402
+from torch_reference import cifar_resnet  # noqa: E402
+
+CHECKPOINTS = {20: "resnet20-12fca82f.th", 32: "resnet32-d509ac18.th", 44: "resnet44-014dd654.th", 56: "resnet56-4bfd9763.th"}
+
+
+class TorchAdaptor(nn.Module):
+    """A bias-free 1x1 conv at identity, as the reference's adaptor."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 1, bias=False)
+        nn.init.eye_(self.conv.weight.view(channels, channels))
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def torch_student(teacher: nn.Module, block: str, sites) -> tuple[nn.Module, list[nn.Parameter]]:
+    """The teacher minus ``block``, with adaptors wrapped around the convs our placement names."""
+    student = copy.deepcopy(teacher)
+    stage, index = block.split(".")
+    blocks = list(getattr(student, stage))
+    setattr(student, stage, nn.Sequential(*(b for i, b in enumerate(blocks) if i != int(index))))
+    params = []
+    for site in sites:
+        *parent_path, name = site.path
+        parent = student
+        for step in parent_path:
+            parent = parent[step] if isinstance(step, int) else getattr(parent, step)
+        conv = getattr(parent, name)
+        adaptor = TorchAdaptor(conv.in_channels if site.kind == "pre" else conv.out_channels)
+        params += list(adaptor.parameters())
+        setattr(parent, name, nn.Sequential(adaptor, conv) if site.kind == "pre" else nn.Sequential(conv, adaptor))
+    for p in student.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    return student.eval(), params
+
+
+def time_torch(teacher, student, params, x, steps: int) -> float:
+    optimizer = torch.optim.SGD(params, lr=0.02, momentum=0.9, weight_decay=1e-4)
+
+    def step():
+        with torch.no_grad():
+            target = teacher.forward_features(x)[1]
+        loss = F.mse_loss(student.forward_features(x)[1], target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    step()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - started) / steps
+
+
+def time_jax(step_fn, adaptors, opt_state, frozen, teacher_state, images, steps: int) -> float:
+    key = jax.random.key(0)
+    adaptors, opt_state, loss = step_fn(adaptors, opt_state, frozen, teacher_state, images, key)
+    loss.block_until_ready()
+    started = time.perf_counter()
+    for _ in range(steps):
+        adaptors, opt_state, loss = step_fn(adaptors, opt_state, frozen, teacher_state, images, key)
+    loss.block_until_ready()
+    return (time.perf_counter() - started) / steps
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="cifar_resnet56")
+    parser.add_argument("--blocks", default="layer1.1,layer2.4,layer3.8")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", default=str(REPO / "experiments/results/bench_recover_step.csv"))
+    args = parser.parse_args(argv)
+    depth = int(args.model.removeprefix("cifar_resnet"))
+    data = Path(os.environ.get("PRACTISE_DATA", REPO.parent / "shared" / "data"))
+    weights = data / "cifar10_resnets" / CHECKPOINTS.get(depth, "")
+    info = model_zoo.get_info(args.model)
+
+    torch_teacher = cifar_resnet(depth).eval()
+    if weights.is_file():
+        jax_teacher = model_zoo.load(args.model, weights)
+        state = torch.load(weights, map_location="cpu", weights_only=True)["state_dict"]
+        torch_teacher.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
+    else:
+        jax_teacher = model_zoo.create(args.model)
+    jax_teacher.eval()
+    teacher_graphdef, teacher_state = nnx.split(jax_teacher)
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (args.batch_size, 32, 32, 3), dtype=np.uint8)
+    x_torch = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - torch.tensor(info.mean).view(1, 3, 1, 1)) / torch.tensor(info.std).view(1, 3, 1, 1)
+    device_images = jnp.asarray(images)
+    config = rec.RecoverConfig(steps=1000, batch_size=args.batch_size)
+
+    rows = []
+    for block in model_zoo.blocks.parse_block_list(args.blocks):
+        candidate = rec.build_candidate(jax_teacher, [block])
+        optimizer, step_fn = rec.make_train_step(teacher_graphdef, candidate, config, views_for(info, 32))
+        adaptors = jax.tree.map(jnp.array, candidate.adaptors)
+        opt_state = optimizer.init(adaptors)
+        student, params = torch_student(torch_teacher, block, candidate.sites)
+        ours, theirs = [], []
+        for _ in range(args.rounds):
+            ours.append(time_jax(step_fn, adaptors, opt_state, candidate.frozen, teacher_state, device_images, args.steps))
+            adaptors = jax.tree.map(jnp.array, candidate.adaptors)
+            opt_state = optimizer.init(adaptors)
+            theirs.append(time_torch(torch_teacher, student, params, x_torch, args.steps))
+        row = {
+            "model": args.model, "block": block, "batch_size": args.batch_size, "steps_per_round": args.steps,
+            "rounds": args.rounds, "jax_s_per_step": statistics.median(ours), "torch_s_per_step": statistics.median(theirs),
+            "speed_ratio_jax_over_torch": statistics.median(theirs) / statistics.median(ours),
+            "jax": jax.__version__, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+        }
+        rows.append(row)
+        print(f"{block:10s} ours {1e3 * row['jax_s_per_step']:7.1f} ms/step   PyTorch {1e3 * row['torch_s_per_step']:7.1f} ms/step   "
+              f"speed ours/PyTorch {row['speed_ratio_jax_over_torch']:.2f}x", flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

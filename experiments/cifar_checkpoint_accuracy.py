@@ -31,6 +31,7 @@ import numpy as np
 import model_zoo
 from practise_jax.data import load_source
 from practise_jax.evaluate import evaluate
+from practise_jax.transforms import views_for
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "experiments" / "results" / "cifar_checkpoint_accuracy.csv"
@@ -59,8 +60,9 @@ def main() -> None:
         known = info.weights[0]
         weights = args.data_dir / "cifar10_resnets" / known.filename
         model = model_zoo.load(name, weights)
-        on_prefix = evaluate(model, prefix, info.mean, info.std, batch_size=args.batch_size, progress=False)
-        on_all = evaluate(model, data, info.mean, info.std, batch_size=args.batch_size, progress=False)
+        views = views_for(info, info.input_size)
+        on_prefix = evaluate(model, prefix, views, batch_size=args.batch_size, progress=False)
+        on_all = evaluate(model, data, views, batch_size=args.batch_size, progress=False)
         rows.append({
             "model": name,
             "weights": known.filename,

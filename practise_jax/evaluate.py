@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +12,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from practise_jax.data import ImageSet
-from practise_jax.transforms import eval_view
+from practise_jax.transforms import Views
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,16 +26,23 @@ class Accuracy:
         return dataclasses.asdict(self)
 
 
-def predict(model: nnx.Module, data: ImageSet, mean, std, *, batch_size: int = 256, progress: bool = True) -> np.ndarray:
-    """Predicted class of every image; one compiled function, last batch padded."""
-    model.eval()
-    graphdef, state = nnx.split(model)
+@functools.lru_cache(maxsize=16)
+def _classifier(graphdef: nnx.GraphDef, views: Views):
+    """One compiled predictor per architecture and view, reused across evaluations."""
 
     @jax.jit
     def classify(state, images):
-        logits, _ = nnx.merge(graphdef, state)(eval_view(images, mean, std))
+        logits, _ = nnx.merge(graphdef, state)(views.eval(images))
         return jnp.argmax(logits, axis=-1)
 
+    return classify
+
+
+def predict(model: nnx.Module, data: ImageSet, views: Views, *, batch_size: int = 256, progress: bool = True) -> np.ndarray:
+    """Predicted class of every image; the last batch is padded so one compiled function serves all."""
+    model.eval()
+    graphdef, state = nnx.split(model)
+    classify = _classifier(graphdef, views)
     predictions = []
     for start in tqdm(range(0, len(data), batch_size), desc="evaluate", unit="batch", disable=not progress, leave=False):
         batch = data.images[start:start + batch_size]
@@ -54,5 +63,5 @@ def accuracy(predictions: np.ndarray, labels: np.ndarray) -> Accuracy:
     )
 
 
-def evaluate(model: nnx.Module, data: ImageSet, mean, std, *, batch_size: int = 256, progress: bool = True) -> Accuracy:
-    return accuracy(predict(model, data, mean, std, batch_size=batch_size, progress=progress), data.labels)
+def evaluate(model: nnx.Module, data: ImageSet, views: Views, *, batch_size: int = 256, progress: bool = True) -> Accuracy:
+    return accuracy(predict(model, data, views, batch_size=batch_size, progress=progress), data.labels)

@@ -200,7 +200,8 @@ def finetune(student: ZooModel, teacher: ZooModel, images: np.ndarray, labels: n
             state.history.append({"step": state.step, "loss": loss})
         if evaluate is not None and (state.step % config.eval_every == 0 or state.step == config.steps):
             state.history.append({"step": state.step, **evaluate(current_model())})
-        if state_path is not None and (state.step % config.save_every == 0 or state.step == config.steps):
+        checkpoint_due = state.step % config.save_every == 0 or state.step % config.eval_every == 0 or state.step == config.steps
+        if state_path is not None and checkpoint_due:
             save_state(state_path, state)
     bar.close()
     if evaluate is not None and config.steps == 0:

@@ -1,0 +1,80 @@
+"""``practise-jax compress``: the whole method, resumable, ending with a checkpoint and a report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import model_zoo
+from model_zoo.blocks import parse_block_list
+from practise_jax import latency
+from practise_jax.pipeline import INITS, METHODS, CompressConfig, compress
+from practise_jax.finetune import DEFAULT_LR
+
+
+def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help=f"one of: {', '.join(model_zoo.list_models())}")
+    parser.add_argument("--weights", help="teacher weights (.pth/.th/.safetensors/.npz) or a practise-jax checkpoint folder")
+    parser.add_argument("--data", required=True, help="tiny-set source: npz:PATH, folder:PATH, tfds:NAME[:SPLIT], synthetic[:N], ood:SPEC")
+    parser.add_argument("--eval-data", help="evaluation source (same kinds as --data)")
+    parser.add_argument("--eval-limit", type=int, help="evaluate on the first N images of --eval-data only")
+    parser.add_argument("--shots", type=int, default=500, help="tiny-set size (default 500; -1 = all)")
+    parser.add_argument("--seed", type=int, default=2021, help="seed of the tiny-set draw, training and random selection")
+    parser.add_argument("--balanced", action="store_true", help="draw the same number of images per class")
+    amount = parser.add_mutually_exclusive_group(required=True)
+    amount.add_argument("--drop", type=int, metavar="K", help="drop K blocks")
+    amount.add_argument("--speedup", type=float, metavar="F", help="drop blocks until the latency falls by F (0.22 = 22%%)")
+    amount.add_argument("--blocks", help="drop exactly these blocks, e.g. layer1.1,layer2.3")
+    parser.add_argument("--method", choices=METHODS, default="practise", help="how blocks are chosen (default practise)")
+    parser.add_argument("--finetune", choices=sorted(DEFAULT_LR), default="mimic", help="finetune loss (default mimic)")
+    parser.add_argument("--init", choices=INITS, default="plain",
+                        help="finetune start: the plain pruned student (the reference), or with recovered adaptors folded in")
+    parser.add_argument("--recover-steps", type=int, default=2000, help="adaptor steps per candidate (default 2000)")
+    parser.add_argument("--finetune-steps", type=int, default=2000, help="finetune steps (default 2000)")
+    parser.add_argument("--lr", type=float, help="finetune learning rate (default: mimic/kd 0.02, ce 1e-4)")
+    parser.add_argument("--batch-size", type=int, default=64, help="training batch (default 64)")
+    parser.add_argument("--eval-every", type=int, default=500, help="evaluate every N finetune steps (default 500)")
+    parser.add_argument("--latency-batch-size", type=int, default=64, help="batch of latency measurements (default 64)")
+    parser.add_argument("--latency-budget", type=float, default=latency.DEFAULT_TIME_BUDGET_S, help="seconds of timed latency calls")
+    parser.add_argument("--vmap", action="store_true", help="score the candidates of a stage together (pays on GPUs)")
+    parser.add_argument("--out", required=True, help="run folder (resumable: rerun the same command to continue)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a run of other settings in --out")
+
+
+def register(commands) -> None:
+    parser = commands.add_parser("compress", help="profile, score, select, finetune, evaluate; checkpoint and report")
+    add_compress_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.set_defaults(run=run)
+
+
+def config_from_args(args: argparse.Namespace) -> CompressConfig:
+    return CompressConfig(
+        model=args.model, weights=args.weights, data=args.data, eval_data=args.eval_data, eval_limit=args.eval_limit,
+        shots=args.shots, seed=args.seed, balanced=args.balanced, method=args.method, drop=args.drop,
+        speedup=args.speedup, blocks=parse_block_list(args.blocks), finetune=args.finetune, init=args.init,
+        recover_steps=args.recover_steps, finetune_steps=args.finetune_steps, finetune_lr=args.lr,
+        batch_size=args.batch_size, eval_every=args.eval_every, latency_batch_size=args.latency_batch_size,
+        latency_budget=args.latency_budget, vmap=args.vmap,
+    )
+
+
+def print_summary(summary: dict, out: str) -> None:
+    def pct(value):
+        return "–" if value is None else f"{value:.2f}%"
+
+    print(f"\n{summary['model']}: dropped {', '.join(summary['dropped_blocks'])} ({summary['method']}, {summary['finetune']} finetune)")
+    print(f"  top-1        teacher {pct(summary['top1_teacher'])}  student {pct(summary['top1_student'])}")
+    print(f"  class mean   teacher {pct(summary['class_mean_teacher'])}  student {pct(summary['class_mean_student'])}")
+    print(f"  latency      teacher {summary['latency_ms_teacher']:.2f} ms  student {summary['latency_ms_student']:.2f} ms  "
+          f"(-{100 * summary['latency_reduction']:.1f}%, batch {summary['latency_batch_size']}, {summary['device']})")
+    print(f"  report {out}/report.md   checkpoint {out}/student   summary {out}/summary.json")
+
+
+def run(args: argparse.Namespace) -> int:
+    summary = compress(config_from_args(args), args.out, overwrite=args.overwrite)
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        print_summary(summary, args.out)
+    return 0

@@ -1,0 +1,302 @@
+"""The end-to-end compression run, phase by phase, each phase's result kept on disk.
+
+    data -> latency (tau of every candidate) -> recoverability (PRACTISE only)
+    -> selection -> student (plain, or with folded recovered adaptors)
+    -> finetune -> evaluation -> final latency -> checkpoint, summary, report
+
+Every phase writes ``DIR/phases/<name>.json`` when it finishes, the
+recoverability phase a JSON line per candidate and the finetune phase its whole
+state every few steps, so rerunning the same command after a kill continues
+where it stopped and recomputes nothing finished. ``DIR/run.json`` holds the
+settings; a folder holding a run of other settings is refused unless
+``overwrite`` is set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import numpy as np
+
+import model_zoo
+from model_zoo.base import ZooModel
+from model_zoo.blocks import validate_drop_set
+from model_zoo.errors import UserError
+from practise_jax import checkpoint, latency, selection
+from practise_jax import data as data_lib
+from practise_jax.evaluate import evaluate
+from practise_jax.finetune import FinetuneConfig, finetune
+from practise_jax.recoverability import RecoverConfig, recovered_student, score_candidates
+from practise_jax.store import ResultsStore
+from practise_jax.transforms import views_for
+
+METHODS = ("practise", "first-k", "random")
+PHASES = ("latency", "recoverability", "selection", "student", "finetune", "evaluation", "final_latency")
+INITS = ("plain", "folded")
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressConfig:
+    model: str
+    weights: str | None  # a weight file, a practise-jax checkpoint folder, or None for random weights
+    data: str
+    eval_data: str | None = None
+    eval_limit: int | None = None
+    shots: int = 500
+    seed: int = 2021
+    balanced: bool = False
+    method: str = "practise"
+    drop: int | None = None
+    speedup: float | None = None
+    blocks: tuple[str, ...] = ()
+    finetune: str = "mimic"
+    init: str = "plain"
+    recover_steps: int = 2000
+    finetune_steps: int = 2000
+    finetune_lr: float | None = None
+    batch_size: int = 64
+    eval_every: int = 500
+    latency_batch_size: int = 64
+    latency_budget: float = latency.DEFAULT_TIME_BUDGET_S
+    vmap: bool = False
+
+    def check(self) -> None:
+        if self.method not in METHODS:
+            raise UserError(f"unknown method '{self.method}'; choose one of: {', '.join(METHODS)}.")
+        if self.init not in INITS:
+            raise UserError(f"unknown finetune start '{self.init}'; choose one of: {', '.join(INITS)}.")
+        if sum(x is not None and x != () for x in (self.drop, self.speedup, self.blocks)) != 1:
+            raise UserError("say what to drop with exactly one of --drop K, --speedup F or --blocks a,b.")
+        if self.speedup is not None:
+            selection.check_target(self.speedup)
+        FinetuneConfig(method=self.finetune, steps=self.finetune_steps)  # validates
+        RecoverConfig(steps=self.recover_steps, batch_size=self.batch_size)
+
+
+class Run:
+    """A run folder: settings, phase results, and the timing of each phase."""
+
+    def __init__(self, out: str | Path, config: CompressConfig, overwrite: bool = False, log: Callable[[str], None] = print):
+        self.dir = Path(out)
+        self.config = config
+        self.log = log
+        settings = json.loads(json.dumps(dataclasses.asdict(config)))
+        run_file = self.dir / "run.json"
+        if run_file.exists():
+            saved = json.loads(run_file.read_text())
+            if saved != settings and not overwrite:
+                changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+                what = f"of model {saved.get('model')}" if saved.get("model") != config.model else "with other settings"
+                raise UserError(f"'{self.dir}' holds a run {what} ({', '.join(changed)} differ); "
+                                "use another --out, or --overwrite to replace it.")
+            if overwrite and saved != settings:
+                shutil.rmtree(self.dir)
+        elif self.dir.exists() and any(self.dir.iterdir()):
+            if not overwrite:
+                raise UserError(f"'{self.dir}' is not empty and holds no practise-jax run; use another --out, or --overwrite.")
+            shutil.rmtree(self.dir)
+        (self.dir / "phases").mkdir(parents=True, exist_ok=True)
+        run_file.write_text(json.dumps(settings, indent=1))
+
+    def phase(self, name: str, compute: Callable[[], dict]) -> dict:
+        """The result of phase ``name``: read back if finished before, else computed, timed and saved."""
+        path = self.dir / "phases" / f"{name}.json"
+        if path.exists():
+            self.log(f"[{name}] done before, read from {path}")
+            return json.loads(path.read_text())
+        self.log(f"[{name}] ...")
+        started = time.perf_counter()
+        result = compute()
+        result["seconds"] = time.perf_counter() - started
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        tmp.replace(path)
+        self.log(f"[{name}] {result['seconds']:.1f} s")
+        return result
+
+
+def load_teacher(model: str, weights: str | None) -> ZooModel:
+    """The teacher: from a weight file, from a practise-jax checkpoint folder, or random."""
+    if weights is None:
+        teacher = model_zoo.create(model)
+    elif Path(weights).is_dir():
+        teacher, spec = checkpoint.load_compressed(weights)
+        if spec.model != model:
+            raise UserError(f"the checkpoint '{weights}' holds a {spec.model}, not a {model}; use --model {spec.model}.")
+    else:
+        teacher = model_zoo.load(model, weights)
+    teacher.eval()
+    return teacher
+
+
+def compress(config: CompressConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True,
+             log: Callable[[str], None] = print) -> dict:
+    """Run (or resume) the whole compression; returns the summary also written to ``DIR/summary.json``."""
+    config.check()
+    run = Run(out, config, overwrite, log)
+    info = model_zoo.get_info(config.model)
+    teacher = load_teacher(config.model, config.weights)
+    candidates = teacher.droppable
+    if config.blocks:
+        validate_drop_set(config.blocks, teacher.blocks, teacher.droppable, config.model)
+    if config.drop is not None:
+        selection.check_count(config.drop, len(candidates))
+
+    tiny, indices = data_lib.load_tiny_set(config.data, config.shots, config.seed, num_classes=info.num_classes,
+                                           image_size=info.input_size, balanced=config.balanced)
+    data_lib.check_fits(tiny, info.input_size, info.num_classes, config.model, margin=True)
+    np.save(run.dir / "tiny_set.npy", indices)
+    views = views_for(info, tiny.images.shape[1], out_of_domain=config.data.startswith("ood:"))
+    eval_set = _eval_set(config, info)
+    eval_views = views_for(info, eval_set.images.shape[1]) if eval_set is not None else None
+
+    def profile(drops):
+        return latency.profile(config.model, drops, batch_size=config.latency_batch_size, time_budget_s=config.latency_budget,
+                               cache=latency.Cache(), overrides=dict(teacher.overrides) or None,
+                               log=lambda m: log(f"  [latency] {m}"))
+
+    def latency_phase():
+        if not (config.speedup is not None or (config.method == "practise" and not config.blocks)):
+            return {"tau": {}}
+        singles = profile([(b,) for b in candidates])
+        return {"tau": {b: singles.tau((b,)) for b in candidates}, "teacher_ms": 1e3 * singles.teacher.latency.median}
+
+    taus = run.phase("latency", latency_phase)["tau"]
+
+    def score_phase():
+        store = ResultsStore(run.dir / "recoverability.jsonl", {"steps": config.recover_steps, "shots": config.shots,
+                                                                 "seed": config.seed, "data": config.data})
+        records = score_candidates(teacher, candidates, tiny.images, views,
+                                   RecoverConfig(steps=config.recover_steps, batch_size=config.batch_size, seed=config.seed),
+                                   store, progress=progress, vmap=config.vmap)
+        return {"records": records}
+
+    scored = []
+    if config.method == "practise" and not config.blocks:
+        records = run.phase("recoverability", score_phase)["records"]
+        scored = selection.score({r["block"]: r["recoverability"] for r in records}, taus)
+
+    chosen = run.phase("selection", lambda: {"blocks": _select(config, candidates, scored, taus)})["blocks"]
+    log(f"dropping {', '.join(chosen)}")
+
+    student_dir = run.dir / "student"
+
+    def student_phase():
+        start = run.dir / "finetune_start"
+        figures = {}
+        if config.init == "folded":
+            student, figures = recovered_student(
+                teacher, chosen, tiny.images, views,
+                RecoverConfig(steps=config.recover_steps, batch_size=config.batch_size, seed=config.seed), progress=progress)
+        else:
+            student = model_zoo.prune(teacher, chosen)
+        checkpoint.save_compressed(start, student, normalization=(info.mean, info.std))
+        return {"init": config.init, "adaptors": figures}
+
+    init = run.phase("student", student_phase)
+
+    def finetune_phase():
+        student, _ = checkpoint.load_compressed(run.dir / "finetune_start")
+        ft_config = FinetuneConfig(method=config.finetune, steps=config.finetune_steps, batch_size=config.batch_size,
+                                   lr=config.finetune_lr, eval_every=config.eval_every, seed=config.seed)
+
+        def monitor(model):
+            return _accuracy(model, eval_set, eval_views) if eval_set is not None else {}
+
+        trained, history = finetune(student, teacher, tiny.images, tiny.labels, ft_config, views.train,
+                                    evaluate=monitor, state_path=run.dir / "finetune_state.npz", progress=progress)
+        checkpoint.save_compressed(student_dir, trained, normalization=(info.mean, info.std),
+                                   extra={"dropped": list(chosen), "method": config.method, "finetune": config.finetune})
+        return {"history": history, "lr": ft_config.learning_rate}
+
+    tuned = run.phase("finetune", finetune_phase)
+
+    def evaluation_phase():
+        if eval_set is None:
+            return {}
+        student, _ = checkpoint.load_compressed(student_dir)
+        return {"teacher": _accuracy(teacher, eval_set, eval_views), "student": _accuracy(student, eval_set, eval_views),
+                "images": len(eval_set), "source": eval_set.source}
+
+    accuracy = run.phase("evaluation", evaluation_phase)
+
+    def latency_phase():
+        measured = profile([tuple(chosen)])
+        setting = measured.setting
+        return {"teacher_ms": 1e3 * measured.teacher.latency.median, "student_ms": 1e3 * measured.get(chosen).latency.median,
+                "tau": measured.tau(chosen), "tau_predicted": sum(taus[b] for b in chosen) if taus else None,
+                "device": setting.device, "batch_size": setting.batch_size, "dtype": setting.dtype,
+                "jax_version": setting.jax_version}
+
+    speed = run.phase("final_latency", latency_phase)
+    summary = _summary(config, run, chosen, scored, taus, init, tuned, accuracy, speed)
+    (run.dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    from practise_jax.report import write_report  # matplotlib only when a report is written
+
+    write_report(run.dir, summary)
+    return summary
+
+
+def _eval_set(config: CompressConfig, info):
+    if config.eval_data is None:
+        return None
+    data = data_lib.load_source(config.eval_data, image_size=info.input_size)
+    if config.eval_limit is not None:
+        data = data.take(slice(0, config.eval_limit))
+    data_lib.check_fits(data, info.input_size, info.num_classes, config.model, margin=True)
+    return data
+
+
+def _accuracy(model, data, views) -> dict:
+    result = evaluate(model, data, views, progress=False)
+    return {"top1": result.top1, "class_mean": result.class_mean}
+
+
+def _select(config: CompressConfig, candidates, scored, taus) -> list[str]:
+    """The blocks to drop, by the chosen method and amount."""
+    if config.blocks:
+        return list(config.blocks)
+    if config.method == "practise":
+        return selection.top_k(scored, config.drop) if config.drop is not None else selection.for_speedup(scored, config.speedup)
+    order = list(candidates)
+    if config.method == "random":
+        order = [order[i] for i in np.random.RandomState(config.seed).permutation(len(order))]
+    if config.drop is not None:
+        return [b for b in candidates if b in order[:config.drop]]
+    chosen, saved = [], 0.0
+    for block in order:
+        if saved >= config.speedup:
+            break
+        chosen.append(block)
+        saved += taus[block]
+    if saved < config.speedup:
+        raise UserError(f"a latency reduction of {100 * config.speedup:.1f}% is out of reach: dropping every candidate "
+                        f"saves about {100 * saved:.1f}%. Ask for at most that.")
+    return [b for b in candidates if b in chosen]
+
+
+def _summary(config, run, chosen, scored, taus, init, tuned, accuracy, speed) -> dict:
+    phases = {name: json.loads(path.read_text()).get("seconds")
+              for name in PHASES if (path := run.dir / "phases" / f"{name}.json").exists()}
+    history = tuned["history"]
+    return {
+        "model": config.model, "weights": config.weights, "method": config.method, "finetune": config.finetune,
+        "finetune_start": init["init"], "shots": config.shots, "seed": config.seed, "data": config.data,
+        "eval_data": config.eval_data, "dropped_blocks": list(chosen),
+        "scores": [dataclasses.asdict(s) for s in scored] or [{"block": b, "tau": t} for b, t in taus.items()],
+        "latency_ms_teacher": speed["teacher_ms"], "latency_ms_student": speed["student_ms"],
+        "latency_reduction": speed["tau"], "latency_reduction_predicted": speed["tau_predicted"],
+        "top1_teacher": accuracy.get("teacher", {}).get("top1"), "top1_student": accuracy.get("student", {}).get("top1"),
+        "class_mean_teacher": accuracy.get("teacher", {}).get("class_mean"),
+        "class_mean_student": accuracy.get("student", {}).get("class_mean"),
+        "eval_images": accuracy.get("images"), "device": speed["device"], "latency_batch_size": speed["batch_size"],
+        "jax_version": jax.__version__, "recover_steps": config.recover_steps, "finetune_steps": config.finetune_steps,
+        "finetune_lr": tuned["lr"], "history": [h for h in history if "top1" in h or "loss" in h],
+        "phase_seconds": phases,
+    }

@@ -3,4 +3,15 @@
 from model_zoo.errors import UserError
 
 __version__ = "0.1.0"
-__all__ = ["UserError", "__version__"]
+__all__ = ["UserError", "__version__", "load_compressed", "save_compressed"]
+
+_LAZY = {"load_compressed": "practise_jax.checkpoint", "save_compressed": "practise_jax.checkpoint"}
+
+
+def __getattr__(name: str):
+    """Import heavy submodules (orbax) only when their functions are first used."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'practise_jax' has no attribute '{name}'")

@@ -1,0 +1,226 @@
+"""Export a zoo model (pruned or not) to a Keras 3 functional model.
+
+The Keras graph is rebuilt from the NNX modules themselves
+(``model.residual_blocks()`` and their attributes), so a statically pruned
+model exports without its dropped blocks. Weights are copied from the NNX
+state. What is kept exact:
+
+- convs: explicit ``ZeroPadding2D`` with the conv's symmetric padding, then a
+  ``'valid'`` conv (Keras ``'same'`` pads asymmetrically at stride 2, as
+  Flax's does); depthwise convs become ``DepthwiseConv2D``;
+- BatchNorm: ``BatchNormalization`` with the model's epsilon (1e-5) and
+  momentum, in inference mode when called with ``training=False``;
+- the ResNet stem max-pool: ``ZeroPadding2D(1)`` + ``MaxPooling2D(3, 2)``.
+  Zero padding equals the -inf padding of ``nnx.max_pool`` here because the
+  pool follows a ReLU (inputs >= 0);
+- CIFAR option-A shortcuts: ``MaxPooling2D(pool_size=1, strides=2)`` picks
+  ``x[:, ::2, ::2]``, and the channel zero-padding is a ``ZeroPadding2D``
+  between two ``Permute`` layers. Only built-in layers are used, so the saved
+  ``.keras`` file reloads with ``keras.saving.load_model`` and no custom code.
+
+The Keras model takes normalised float32 images, NHWC (channels-last), and
+returns logits, like ``model(x)[0]``. Layer names are torchvision names
+(``layer2.0.conv1``, ``features.3.conv.1.0``) of the *built* model.
+
+Keras reads ``KERAS_BACKEND`` once, at its first import; this module sets it
+to ``jax`` (``os.environ.setdefault``) before importing keras, so set it
+yourself before any keras import to use another backend.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+from flax import nnx
+
+from model_zoo.base import ZooModel
+from model_zoo.cifar_resnet import CifarResNet
+from model_zoo.errors import UserError
+from model_zoo.layers import AdaptableConv
+from model_zoo.mobilenetv2 import InvertedResidual, MobileNetV2
+from model_zoo.resnet import ResNet
+
+# Every weight is overwritten right after its layer is built; zero init skips Keras's random
+# initialisers, which on the JAX backend compile one XLA program per weight shape (seconds in all).
+ZEROS = "zeros"
+
+
+def import_keras():
+    """``keras`` (3.x), on the JAX backend unless ``KERAS_BACKEND`` already says otherwise."""
+    os.environ.setdefault("KERAS_BACKEND", "jax")  # must precede the first `import keras`
+    try:
+        import keras
+    except ImportError:
+        raise UserError("Keras export needs Keras 3: pip install 'practise-jax[keras]' (or pip install 'keras>=3.5').") from None
+    if int(keras.__version__.split(".")[0]) < 3:
+        raise UserError(f"Keras export needs Keras 3, found keras {keras.__version__}: pip install 'keras>=3.5'.")
+    return keras
+
+
+def check_no_adaptors(model: nnx.Module) -> None:
+    """Refuse a model whose convs still carry adaptors (Keras has no place for them)."""
+    for path, module in nnx.iter_graph(model):
+        if isinstance(module, AdaptableConv) and (module.pre_adaptor is not None or module.post_adaptor is not None):
+            name = ".".join(str(p) for p in path if p != "layers")
+            raise UserError(
+                f"cannot export: conv '{name}' still carries an adaptor; fold the adaptors into their convs first "
+                "(practise_jax.adaptors.fold(model)), which keeps the outputs the same."
+            )
+
+
+def _array(variable) -> np.ndarray:
+    return np.asarray(variable[...], np.float32)
+
+
+def _pair(value) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+class _Builder:
+    """Calls Keras layers on symbolic tensors and copies each layer's weights once it is built."""
+
+    def __init__(self, keras):
+        self.keras = keras
+        self.layers = keras.layers
+
+    def conv(self, x, conv: nnx.Conv, name: str):
+        if any(d not in (None, 1, (1, 1)) for d in (conv.kernel_dilation, conv.input_dilation)):
+            raise ValueError(f"{name}: dilated convs are not supported by the Keras export")
+        padding = conv.padding
+        if isinstance(padding, str):
+            if padding.upper() != "VALID":
+                raise ValueError(f"{name}: padding {padding!r} is not supported; zoo convs use explicit padding")
+            padding = ((0, 0), (0, 0))
+        padding = tuple(tuple(int(p) for p in side) for side in padding)
+        if any(p for side in padding for p in side):
+            x = self.layers.ZeroPadding2D(padding, name=f"{name}.pad")(x)
+        kernel = _array(conv.kernel)  # HWIO; grouped convs: (h, w, in / groups, out)
+        h, w, _, out = kernel.shape
+        groups = conv.feature_group_count
+        common = dict(strides=_pair(conv.strides or 1), padding="valid", use_bias=conv.use_bias, name=name, bias_initializer=ZEROS)
+        if groups > 1 and groups == conv.in_features:
+            multiplier = out // groups
+            layer = self.layers.DepthwiseConv2D((h, w), depth_multiplier=multiplier, depthwise_initializer=ZEROS, **common)
+            kernel = kernel.reshape(h, w, groups, multiplier)  # out channel g * multiplier + m
+        else:
+            layer = self.layers.Conv2D(out, (h, w), groups=groups, kernel_initializer=ZEROS, **common)
+        y = layer(x)
+        layer.set_weights([kernel] + ([_array(conv.bias)] if conv.use_bias else []))
+        return y
+
+    def batch_norm(self, x, bn: nnx.BatchNorm, name: str):
+        layer = self.layers.BatchNormalization(
+            axis=-1, epsilon=bn.epsilon, momentum=bn.momentum, center=bn.use_bias, scale=bn.use_scale, name=name,
+        )
+        y = layer(x)
+        weights = ([_array(bn.scale)] if bn.use_scale else []) + ([_array(bn.bias)] if bn.use_bias else [])
+        layer.set_weights(weights + [_array(bn.mean), _array(bn.var)])
+        return y
+
+    def dense(self, x, linear: nnx.Linear, name: str):
+        layer = self.layers.Dense(linear.out_features, use_bias=linear.use_bias, kernel_initializer=ZEROS, name=name)
+        y = layer(x)
+        layer.set_weights([_array(linear.kernel)] + ([_array(linear.bias)] if linear.use_bias else []))
+        return y
+
+    def relu(self, x, name: str, max_value: float | None = None):
+        return self.layers.ReLU(max_value=max_value, name=name)(x)
+
+    def add(self, a, b, name: str):
+        return self.layers.Add(name=name)([a, b])
+
+    def sequential(self, x, seq: nnx.Sequential, name: str):
+        """An ``nnx.Sequential`` of convs, BNs, activations (and nested Sequentials), named by index."""
+        for i, layer in enumerate(seq.layers):
+            x = self.module(x, layer, f"{name}.{i}")
+        return x
+
+    def module(self, x, module, name: str):
+        if isinstance(module, nnx.Sequential):
+            return self.sequential(x, module, name)
+        if isinstance(module, nnx.Conv):
+            return self.conv(x, module, name)
+        if isinstance(module, nnx.BatchNorm):
+            return self.batch_norm(x, module, name)
+        if isinstance(module, nnx.Linear):
+            return self.dense(x, module, name)
+        if isinstance(module, nnx.Dropout):
+            return self.layers.Dropout(module.rate, name=name)(x)
+        if module is jax.nn.relu6:
+            return self.relu(x, name, max_value=6.0)
+        if module is jax.nn.relu or module is nnx.relu:
+            return self.relu(x, name)
+        raise ValueError(f"{name}: no Keras equivalent for {module!r}")
+
+    def channel_pad(self, x, before: int, after: int, name: str):
+        """Zero-pad the channel axis: move channels to a spatial position, pad, move back."""
+        x = self.layers.Permute((3, 1, 2), name=f"{name}.to_chw")(x)
+        x = self.layers.ZeroPadding2D(((before, after), (0, 0)), name=f"{name}.pad_channels")(x)
+        return self.layers.Permute((2, 3, 1), name=f"{name}.to_hwc")(x)
+
+
+def _cifar_resnet(b: _Builder, model: CifarResNet, x):
+    x = b.relu(b.batch_norm(b.conv(x, model.conv1, "conv1"), model.bn1, "bn1"), "relu")
+    in_ch = model.conv1.out_features
+    for address, block in model.residual_blocks():
+        y = b.relu(b.batch_norm(b.conv(x, block.conv1, f"{address}.conv1"), block.bn1, f"{address}.bn1"), f"{address}.relu1")
+        y = b.batch_norm(b.conv(y, block.conv2, f"{address}.conv2"), block.bn2, f"{address}.bn2")
+        shortcut = x
+        if block.reshapes:  # option A: subsample by 2, zero-pad channels evenly (model_zoo.cifar_resnet.option_a_shortcut)
+            shortcut = b.layers.MaxPooling2D(pool_size=1, strides=2, name=f"{address}.shortcut.subsample")(x)
+            extra = block.out_ch - in_ch
+            shortcut = b.channel_pad(shortcut, extra // 2, extra - extra // 2, f"{address}.shortcut")
+        x = b.relu(b.add(shortcut, y, f"{address}.add"), f"{address}.relu")
+        in_ch = block.out_ch
+    return x, lambda pooled: b.dense(pooled, model.linear, "linear")
+
+
+def _resnet(b: _Builder, model: ResNet, x):
+    x = b.relu(b.batch_norm(b.conv(x, model.conv1, "conv1"), model.bn1, "bn1"), "relu")
+    x = b.layers.ZeroPadding2D(1, name="maxpool.pad")(x)  # zeros == -inf here: the input is a ReLU output
+    x = b.layers.MaxPooling2D(pool_size=3, strides=2, padding="valid", name="maxpool")(x)
+    for address, block in model.residual_blocks():
+        convs = ("conv1", "conv2", "conv3") if hasattr(block, "conv3") else ("conv1", "conv2")
+        y = x
+        for i, conv_name in enumerate(convs, start=1):
+            y = b.conv(y, getattr(block, conv_name), f"{address}.{conv_name}")
+            y = b.batch_norm(y, getattr(block, f"bn{i}"), f"{address}.bn{i}")
+            if i < len(convs):
+                y = b.relu(y, f"{address}.relu{i}")
+        shortcut = x if block.downsample is None else b.sequential(x, block.downsample, f"{address}.downsample")
+        x = b.relu(b.add(shortcut, y, f"{address}.add"), f"{address}.relu")
+    return x, lambda pooled: b.dense(pooled, model.fc, "fc")
+
+
+def _mobilenet_v2(b: _Builder, model: MobileNetV2, x):
+    x = b.sequential(x, model.features[0], "features.0")
+    for address, block in model.residual_blocks():
+        assert isinstance(block, InvertedResidual)
+        y = b.sequential(x, block.conv, f"{address}.conv")
+        x = b.add(x, y, f"{address}.add") if block.use_residual else y
+    x = b.sequential(x, model.features[-1], f"features.{len(model.features) - 1}")
+    return x, lambda pooled: b.sequential(pooled, model.classifier, "classifier")
+
+
+_FAMILIES = ((CifarResNet, _cifar_resnet), (ResNet, _resnet), (MobileNetV2, _mobilenet_v2))
+
+
+def to_keras(model: ZooModel, *, input_size: int | None = None, name: str | None = None):
+    """A ``keras.Model`` computing ``model``'s logits from normalised NHWC float32 images.
+
+    ``input_size`` fixes the spatial input shape (default: any height and
+    width). Adaptors must be folded first (`practise_jax.adaptors.fold`).
+    """
+    check_no_adaptors(model)
+    family = next((build for cls, build in _FAMILIES if isinstance(model, cls)), None)
+    if family is None:
+        raise UserError(f"no Keras export for {type(model).__name__}; supported: CIFAR ResNet, ResNet, MobileNetV2.")
+    keras = import_keras()
+    builder = _Builder(keras)
+    inputs = keras.Input(shape=(input_size, input_size, 3), dtype="float32", name="images")
+    x, classify = family(builder, model, inputs)
+    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    logits = classify(pooled)
+    return keras.Model(inputs, logits, name=name or model.model_name)

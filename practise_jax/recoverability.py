@@ -78,7 +78,7 @@ def mse(a: jax.Array, b: jax.Array) -> jax.Array:
 
 @dataclasses.dataclass
 class Candidate:
-    """A student lacking one block, with identity adaptors, split for pure training."""
+    """A student lacking some blocks, with identity adaptors around the gaps, split for pure training."""
 
     block: str
     sites: list

@@ -10,9 +10,9 @@ import argparse
 import sys
 
 from model_zoo.errors import UserError
-from practise_jax.cli import demo_cmd, eval_cmd, export_cmd, profile_cmd
+from practise_jax.cli import compress_cmd, demo_cmd, eval_cmd, export_cmd, profile_cmd, score_cmd
 
-SUBCOMMANDS = (eval_cmd, demo_cmd, profile_cmd, export_cmd)
+SUBCOMMANDS = (compress_cmd, score_cmd, profile_cmd, eval_cmd, export_cmd, demo_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

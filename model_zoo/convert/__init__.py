@@ -8,6 +8,7 @@ def to_keras(model, input_size=None):
     """A Keras 3 model of ``model`` (see `model_zoo.convert.keras_export`); imports Keras on first use."""
     from model_zoo.convert.keras_export import to_keras as export
 
-    return export(model, input_size)
+    return export(model, input_size=input_size)
+
 
 __all__ = ["load", "load_state_dict", "read_state_dict", "to_keras", "torch_key"]

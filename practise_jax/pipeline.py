@@ -32,7 +32,7 @@ from practise_jax import checkpoint, latency, selection
 from practise_jax import data as data_lib
 from practise_jax.evaluate import evaluate
 from practise_jax.finetune import FinetuneConfig, finetune
-from practise_jax.recoverability import RecoverConfig, recovered_student, score_candidates
+from practise_jax.recoverability import RecoverConfig, recovered_student, score_candidates, scoring_settings
 from practise_jax.store import ResultsStore
 from practise_jax.transforms import views_for
 
@@ -65,6 +65,7 @@ class CompressConfig:
     latency_batch_size: int = 64
     latency_budget: float = latency.DEFAULT_TIME_BUDGET_S
     vmap: bool = False
+    scores_from: str | None = None  # recoverability.jsonl (or its folder) of a 'score' run with the same settings
 
     def check(self) -> None:
         if self.method not in METHODS:
@@ -169,13 +170,21 @@ def compress(config: CompressConfig, out: str | Path, *, overwrite: bool = False
 
     taus = run.phase("latency", latency_phase)["tau"]
 
+    recover_config = RecoverConfig(steps=config.recover_steps, batch_size=config.batch_size, seed=config.seed)
+
     def score_phase():
-        store = ResultsStore(run.dir / "recoverability.jsonl", {"steps": config.recover_steps, "shots": config.shots,
-                                                                 "seed": config.seed, "data": config.data})
-        records = score_candidates(teacher, candidates, tiny.images, views,
-                                   RecoverConfig(steps=config.recover_steps, batch_size=config.batch_size, seed=config.seed),
-                                   store, progress=progress, vmap=config.vmap)
-        return {"records": records}
+        settings = scoring_settings(config.model, config.weights, config.data, config.shots, config.seed, recover_config)
+        if config.scores_from:
+            path = Path(config.scores_from)
+            store = ResultsStore.open_existing(path / "recoverability.jsonl" if path.is_dir() else path, settings)
+            missing = [b for b in candidates if b not in store]
+            if missing:
+                raise UserError(f"'{store.path}' lacks candidates {', '.join(missing)}; finish that score run first.")
+        else:
+            store = ResultsStore(run.dir / "recoverability.jsonl", settings)
+        records = score_candidates(teacher, candidates, tiny.images, views, recover_config, store,
+                                   progress=progress, vmap=config.vmap)
+        return {"records": records, "from": str(store.path)}
 
     scored = []
     if config.method == "practise" and not config.blocks:
@@ -191,9 +200,7 @@ def compress(config: CompressConfig, out: str | Path, *, overwrite: bool = False
         start = run.dir / "finetune_start"
         figures = {}
         if config.init == "folded":
-            student, figures = recovered_student(
-                teacher, chosen, tiny.images, views,
-                RecoverConfig(steps=config.recover_steps, batch_size=config.batch_size, seed=config.seed), progress=progress)
+            student, figures = recovered_student(teacher, chosen, tiny.images, views, recover_config, progress=progress)
         else:
             student = model_zoo.prune(teacher, chosen)
         checkpoint.save_compressed(start, student, normalization=(info.mean, info.std))

@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -52,6 +53,15 @@ class RecoverConfig:
             raise UserError(f"adaptor training needs at least 1 step, got {self.steps}.")
         if self.batch_size < 1:
             raise UserError(f"batch size must be at least 1, got {self.batch_size}.")
+
+
+def scoring_settings(model: str, weights: str | None, data: str, shots: int, seed: int, config: RecoverConfig) -> dict:
+    """Everything a recoverability result depends on; keys its results store, so results never mix."""
+    return {
+        "model": model, "weights": str(Path(weights).resolve()) if weights else None, "data": data,
+        "shots": shots, "seed": seed, "steps": config.steps, "batch_size": config.batch_size,
+        "lr": config.lr, "momentum": config.momentum, "weight_decay": config.weight_decay,
+    }
 
 
 def step_decay_sgd(config: RecoverConfig) -> optax.GradientTransformation:

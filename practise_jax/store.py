@@ -25,6 +25,14 @@ class ResultsStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._append({"settings": self.settings})
 
+    @staticmethod
+    def open_existing(path: str | os.PathLike, settings: dict) -> "ResultsStore":
+        """A store that must already exist with exactly these settings (to reuse another run's results)."""
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"no results at '{path}'; give the recoverability.jsonl of a finished 'practise-jax score' run.")
+        return ResultsStore(path, settings)
+
     def _read(self) -> None:
         text = self.path.read_text()
         if not text.endswith("\n"):  # a record cut off by a kill: drop it, it is recomputed

@@ -1,5 +1,6 @@
 """The compress pipeline end to end on tiny settings: resume, refusal of foreign runs, the demo path."""
 
+import dataclasses
 import json
 
 import pytest
@@ -43,7 +44,9 @@ def test_compress_writes_everything_and_resumes_a_killed_finetune(tmp_path, monk
     def no_rescoring(*args, **kwargs):
         raise AssertionError("a finished phase was recomputed")
 
-    monkeypatch.setattr(pipeline, "score_candidates", no_rescoring)
+    from practise_jax import recoverability
+
+    monkeypatch.setattr(recoverability, "recover", no_rescoring)
     summary = pipeline.compress(config, out, progress=False, log=lambda m: None)
     for key in ("model", "method", "shots", "seed", "dropped_blocks", "scores", "latency_ms_teacher", "latency_ms_student",
                 "latency_reduction", "top1_teacher", "top1_student", "device", "phase_seconds"):
@@ -56,6 +59,14 @@ def test_compress_writes_everything_and_resumes_a_killed_finetune(tmp_path, monk
     assert spec.dropped == tuple(summary["dropped_blocks"])
     steps = [h["step"] for h in summary["history"] if "top1" in h]
     assert steps == [3, 6]
+
+    # score once, compress again at another amount without scoring again
+    again = pipeline.compress(dataclasses.replace(config, drop=1, scores_from=str(out)), tmp_path / "again",
+                              progress=False, log=lambda m: None)
+    assert again["dropped_blocks"] == [s["block"] for s in summary["scores"] if s["rank"] == 1]
+    with pytest.raises(UserError, match="seed"):
+        pipeline.compress(dataclasses.replace(config, seed=7, scores_from=str(out)), tmp_path / "other",
+                          progress=False, log=lambda m: None)
 
 
 def test_a_run_of_another_model_is_refused(tmp_path):

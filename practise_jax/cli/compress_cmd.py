@@ -37,6 +37,8 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latency-batch-size", type=int, default=64, help="batch of latency measurements (default 64)")
     parser.add_argument("--latency-budget", type=float, default=latency.DEFAULT_TIME_BUDGET_S, help="seconds of timed latency calls")
     parser.add_argument("--vmap", action="store_true", help="score the candidates of a stage together (pays on GPUs)")
+    parser.add_argument("--scores-from", metavar="DIR", help="reuse the recoverability of a 'practise-jax score --out DIR' run "
+                                                             "with the same model, weights, data, shots, seed and steps")
     parser.add_argument("--out", required=True, help="run folder (resumable: rerun the same command to continue)")
     parser.add_argument("--overwrite", action="store_true", help="replace a run of other settings in --out")
 
@@ -55,7 +57,7 @@ def config_from_args(args: argparse.Namespace) -> CompressConfig:
         speedup=args.speedup, blocks=parse_block_list(args.blocks), finetune=args.finetune, init=args.init,
         recover_steps=args.recover_steps, finetune_steps=args.finetune_steps, finetune_lr=args.lr,
         batch_size=args.batch_size, eval_every=args.eval_every, latency_batch_size=args.latency_batch_size,
-        latency_budget=args.latency_budget, vmap=args.vmap,
+        latency_budget=args.latency_budget, vmap=args.vmap, scores_from=args.scores_from,
     )
 
 

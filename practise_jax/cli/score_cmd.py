@@ -14,7 +14,7 @@ import model_zoo
 from model_zoo.blocks import parse_block_list, validate_drop_set
 from practise_jax import data as data_lib
 from practise_jax import latency, selection, transforms
-from practise_jax.recoverability import RecoverConfig, score_candidates
+from practise_jax.recoverability import RecoverConfig, score_candidates, scoring_settings
 from practise_jax.store import ResultsStore
 
 DEFAULT_RECOVER_STEPS = 2000  # the reference's; experiments/README.md measures what fewer steps cost in ranking
@@ -54,11 +54,8 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / "tiny_set.npy", indices)
     teacher = model_zoo.load(args.model, args.weights)
-    store = ResultsStore(out / "recoverability.jsonl", {
-        "model": args.model, "weights": str(Path(args.weights).resolve()), "data": dataset.source,
-        "shots": args.shots, "seed": args.seed, "steps": config.steps, "batch_size": config.batch_size,
-        "lr": config.lr, "momentum": config.momentum, "weight_decay": config.weight_decay,
-    })
+    store = ResultsStore(out / "recoverability.jsonl",
+                         scoring_settings(args.model, args.weights, args.data, args.shots, args.seed, config))
     started = time.perf_counter()
     views = transforms.views_for(info, dataset.images.shape[1])
     records = score_candidates(teacher, blocks, dataset.images[indices], views, config, store)

@@ -3,9 +3,12 @@
 from model_zoo.errors import UserError
 
 __version__ = "0.1.0"
-__all__ = ["UserError", "__version__", "load_compressed", "save_compressed"]
+__all__ = ["CompressConfig", "UserError", "__version__", "compress", "load_compressed", "save_compressed"]
 
-_LAZY = {"load_compressed": "practise_jax.checkpoint", "save_compressed": "practise_jax.checkpoint"}
+_LAZY = {
+    "load_compressed": "practise_jax.checkpoint", "save_compressed": "practise_jax.checkpoint",
+    "compress": "practise_jax.pipeline", "CompressConfig": "practise_jax.pipeline",
+}
 
 
 def __getattr__(name: str):

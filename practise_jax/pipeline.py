@@ -91,12 +91,12 @@ class Run:
         run_file = self.dir / "run.json"
         if run_file.exists():
             saved = json.loads(run_file.read_text())
-            if saved != settings and not overwrite:
-                changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+            changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+            if changed and not overwrite:
                 what = f"of model {saved.get('model')}" if saved.get("model") != config.model else "with other settings"
                 raise UserError(f"'{self.dir}' holds a run {what} ({', '.join(changed)} differ); "
                                 "use another --out, or --overwrite to replace it.")
-            if overwrite and saved != settings:
+            if changed:
                 shutil.rmtree(self.dir)
         elif self.dir.exists() and any(self.dir.iterdir()):
             if not overwrite:

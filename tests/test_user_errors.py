@@ -112,8 +112,3 @@ def test_unknown_weight_extension(tmp_path):
     path.write_bytes(b"x")
     with pytest.raises(UserError, match="unknown extension"):
         model_zoo.read_state_dict(path)
-
-
-def test_demo_exists_and_exits_zero(capsys):
-    status, out, _ = run_cli(capsys, "demo")
-    assert status == 0 and out

@@ -1,0 +1,106 @@
+"""Cost study: how many adaptor steps does the recoverability ranking need?
+
+Scores every candidate of a CIFAR ResNet with each step count, records the
+wall time of each, and compares each ranking (by R, and by R / tau) with the
+ranking at the largest step count (Spearman rank correlation, and whether the
+k best blocks agree). Results per step count are kept in resumable stores
+under ``--work``, so a killed study continues.
+
+    python experiments/cost_study.py --model cifar_resnet56 --shots 500 --steps 25,50,100,200 \
+        --out experiments/results/cost_study_cifar_resnet56.csv
+
+Reads the real checkpoint and CIFAR-10 training images from $PRACTISE_DATA
+(default ../shared/data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import model_zoo
+from practise_jax import data as data_lib
+from practise_jax import latency, selection
+from practise_jax.recoverability import RecoverConfig, score_candidates
+from practise_jax.store import ResultsStore
+from practise_jax.transforms import views_for
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def spearman(a, b) -> float:
+    """Spearman rank correlation of two equally long sequences (no ties expected)."""
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="cifar_resnet56")
+    parser.add_argument("--shots", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=2021)
+    parser.add_argument("--steps", default="25,50,100,200")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--k", type=int, default=5, help="compare the k best blocks of each ranking")
+    parser.add_argument("--vmap", action="store_true")
+    parser.add_argument("--work", default="runs/cost_study")
+    parser.add_argument("--out", default=str(REPO / "experiments/results/cost_study_cifar_resnet56.csv"))
+    args = parser.parse_args(argv)
+    data_dir = Path(os.environ.get("PRACTISE_DATA", REPO.parent / "shared" / "data"))
+    info = model_zoo.get_info(args.model)
+    teacher = model_zoo.load(args.model, data_dir / "cifar10_resnets" / info.weights[0].filename)
+    tiny, _ = data_lib.load_tiny_set(f"npz:{data_dir / 'cifar10' / 'cifar10_train_exact.npz'}", args.shots, args.seed,
+                                     num_classes=info.num_classes, image_size=info.input_size)
+    views = views_for(info, info.input_size)
+    profile = latency.profile(args.model, None, cache=latency.Cache())
+    taus = {b: profile.tau((b,)) for b in info.droppable}
+
+    results = {}
+    for steps in sorted(int(s) for s in args.steps.split(",")):
+        config = RecoverConfig(steps=steps, batch_size=args.batch_size, seed=args.seed)
+        store = ResultsStore(Path(args.work) / f"{args.model}_{args.shots}_{steps}{'_vmap' if args.vmap else ''}.jsonl",
+                             {"model": args.model, "shots": args.shots, "seed": args.seed, "steps": steps, "vmap": args.vmap})
+        started = time.perf_counter()
+        records = score_candidates(teacher, info.droppable, tiny.images, views, config, store, vmap=args.vmap)
+        elapsed = time.perf_counter() - started
+        results[steps] = {"records": records, "this_session_s": elapsed,
+                          "train_s": sum(r["train_seconds"] for r in records)}
+        print(f"{steps:5d} steps: {results[steps]['train_s']:.0f} s of adaptor training for {len(records)} candidates", flush=True)
+
+    reference = max(results)
+    ref_r = [r["recoverability"] for r in results[reference]["records"]]
+    ref_s = selection.score({r["block"]: r["recoverability"] for r in results[reference]["records"]}, taus)
+    ref_top = {s.block for s in ref_s[:args.k]}
+    rows = []
+    for steps, result in results.items():
+        rs = [r["recoverability"] for r in result["records"]]
+        scored = selection.score({r["block"]: r["recoverability"] for r in result["records"]}, taus)
+        order = {s.block: s.rank for s in scored}
+        rows.append({
+            "model": args.model, "shots": args.shots, "steps": steps, "candidates": len(rs),
+            "adaptor_train_s": round(result["train_s"], 1),
+            "spearman_R_vs_max": round(spearman(rs, ref_r), 4),
+            "spearman_score_vs_max": round(spearman([order[b] for b in info.droppable], [{s.block: s.rank for s in ref_s}[b] for b in info.droppable]), 4),
+            f"top{args.k}_overlap_vs_max": len({s.block for s in scored[:args.k]} & ref_top),
+            "top_blocks": " ".join(s.block for s in scored[:args.k]),
+            "reference_steps": reference, "device": profile.setting.device,
+        })
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    for row in rows:
+        print(row)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

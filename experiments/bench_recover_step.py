@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import os
 import platform
 import statistics
@@ -41,6 +40,7 @@ sys.path.insert(0, str(REPO / "tests"))  # the PyTorch reference models live bes
 
 import model_zoo  # noqa: E402
 from practise_jax import recoverability as rec  # noqa: E402
+from practise_jax.latency import write_csv  # noqa: E402
 from practise_jax.transforms import views_for  # noqa: E402
 from torch_reference import cifar_resnet  # noqa: E402
 
@@ -165,11 +165,7 @@ def main(argv=None) -> int:
         rows.append(row)
         print(f"{block:10s} ours {1e3 * row['jax_s_per_step']:7.1f} ms/step   PyTorch {1e3 * row['torch_s_per_step']:7.1f} ms/step   "
               f"speed ours/PyTorch {row['speed_ratio_jax_over_torch']:.2f}x", flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(rows, args.out)
     print(f"wrote {args.out}")
     return 0
 

@@ -20,7 +20,6 @@ reference only. Writes ``experiments/results/cifar_checkpoint_accuracy.csv``.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import platform
 from pathlib import Path
@@ -31,6 +30,7 @@ import numpy as np
 import model_zoo
 from practise_jax.data import load_source
 from practise_jax.evaluate import evaluate
+from practise_jax.latency import write_csv
 from practise_jax.transforms import views_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,11 +81,7 @@ def main() -> None:
         print(f"{name}: top-1 on the 1,017-image prefix {on_prefix.top1:.2f}% (README {README_TOP1_PREFIX[depth]}), "
               f"class-mean over {on_all.count} {on_all.class_mean:.2f}% (README {README_CLASS_MEAN_ALL[depth]})")
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(rows, args.out)
     print(f"wrote {args.out}")
 
 

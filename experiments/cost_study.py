@@ -16,7 +16,6 @@ Reads the real checkpoint and CIFAR-10 training images from $PRACTISE_DATA
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 import time
@@ -27,6 +26,7 @@ import numpy as np
 import model_zoo
 from practise_jax import data as data_lib
 from practise_jax import latency, selection
+from practise_jax.latency import write_csv
 from practise_jax.recoverability import RecoverConfig, score_candidates
 from practise_jax.store import ResultsStore
 from practise_jax.transforms import views_for
@@ -91,11 +91,7 @@ def main(argv=None) -> int:
             "top_blocks": " ".join(s.block for s in scored[:args.k]),
             "reference_steps": reference, "device": profile.setting.device,
         })
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(rows, args.out)
     for row in rows:
         print(row)
     print(f"wrote {args.out}")

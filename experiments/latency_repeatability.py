@@ -15,6 +15,8 @@ import csv
 import statistics
 import sys
 
+from practise_jax.latency import write_csv
+
 SETTING = ("device", "dtype", "batch_size", "image_size", "clock", "jax_version")
 
 
@@ -64,10 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['drop']:<28} {r['tau_pct_run1']:8.2f} {r['tau_pct_run2']:8.2f} {r['difference_pp']:8.2f} {r['flops_tau_pct']:10.2f}")
     print(summary(rows))
     if args.out:
-        with open(args.out, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(rows, args.out)
         print(f"wrote {args.out}")
     return 0
 

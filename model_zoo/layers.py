@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from model_zoo.errors import UserError
+
 BN_MOMENTUM = 0.9  # Flax keep rate == PyTorch momentum 0.1
 BN_EPSILON = 1e-5
 
@@ -38,6 +40,17 @@ class AdaptableConv(nnx.Conv):
         if self.post_adaptor is not None:
             y = y @ self.post_adaptor[...].astype(y.dtype)
         return y
+
+
+def check_no_adaptors(model: nnx.Module, what: str) -> None:
+    """Refuse a model whose convs still carry adaptors, for uses that have no place for them."""
+    for path, module in nnx.iter_graph(model):
+        if isinstance(module, AdaptableConv) and (module.pre_adaptor is not None or module.post_adaptor is not None):
+            name = ".".join(str(p) for p in path if p != "layers")
+            raise UserError(
+                f"{what}: conv '{name}' still carries an adaptor; fold the adaptors into their convs first "
+                "(practise_jax.adaptors.fold(model)), which keeps the outputs the same."
+            )
 
 
 def conv(in_ch: int, out_ch: int, kernel: int, *, stride: int = 1, groups: int = 1, dtype=None, rngs: nnx.Rngs) -> AdaptableConv:

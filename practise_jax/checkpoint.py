@@ -38,7 +38,7 @@ import model_zoo
 from model_zoo.base import ZooModel
 from model_zoo.convert.load import _materialise
 from model_zoo.errors import UserError
-from model_zoo.layers import AdaptableConv
+from model_zoo.layers import check_no_adaptors
 
 FORMAT = "practise-jax/compressed"
 FORMAT_VERSION = 1
@@ -172,16 +172,6 @@ def spec_of(
     )
 
 
-def _check_no_adaptors(model: nnx.Module, what: str) -> None:
-    for path, module in nnx.iter_graph(model):
-        if isinstance(module, AdaptableConv) and (module.pre_adaptor is not None or module.post_adaptor is not None):
-            name = ".".join(str(p) for p in path if p != "layers")
-            raise UserError(
-                f"{what}: conv '{name}' still carries an adaptor; fold the adaptors into their convs first "
-                "(practise_jax.adaptors.fold(model)), which keeps the outputs the same."
-            )
-
-
 def _is_checkpoint(directory: Path) -> bool:
     return (directory / SPEC_FILE).is_file()
 
@@ -202,7 +192,7 @@ def save_compressed(
     registry's. An existing checkpoint at ``directory`` is replaced; any other
     non-empty directory is refused rather than deleted.
     """
-    _check_no_adaptors(model, "cannot save a compressed checkpoint")
+    check_no_adaptors(model, "cannot save a compressed checkpoint")
     directory = Path(directory).expanduser().resolve()
     spec = spec_of(model, normalization=normalization, input_size=input_size, extra=extra)
     if directory.exists() and not directory.is_dir():

@@ -38,7 +38,7 @@ from flax import nnx
 from model_zoo.base import ZooModel
 from model_zoo.cifar_resnet import CifarResNet
 from model_zoo.errors import UserError
-from model_zoo.layers import AdaptableConv
+from model_zoo.layers import check_no_adaptors
 from model_zoo.mobilenetv2 import InvertedResidual, MobileNetV2
 from model_zoo.resnet import ResNet
 
@@ -57,17 +57,6 @@ def import_keras():
     if int(keras.__version__.split(".")[0]) < 3:
         raise UserError(f"Keras export needs Keras 3, found keras {keras.__version__}: pip install 'keras>=3.5'.")
     return keras
-
-
-def check_no_adaptors(model: nnx.Module) -> None:
-    """Refuse a model whose convs still carry adaptors (Keras has no place for them)."""
-    for path, module in nnx.iter_graph(model):
-        if isinstance(module, AdaptableConv) and (module.pre_adaptor is not None or module.post_adaptor is not None):
-            name = ".".join(str(p) for p in path if p != "layers")
-            raise UserError(
-                f"cannot export: conv '{name}' still carries an adaptor; fold the adaptors into their convs first "
-                "(practise_jax.adaptors.fold(model)), which keeps the outputs the same."
-            )
 
 
 def _array(variable) -> np.ndarray:
@@ -213,7 +202,7 @@ def to_keras(model: ZooModel, *, input_size: int | None = None, name: str | None
     ``input_size`` fixes the spatial input shape (default: any height and
     width). Adaptors must be folded first (`practise_jax.adaptors.fold`).
     """
-    check_no_adaptors(model)
+    check_no_adaptors(model, "cannot export")
     family = next((build for cls, build in _FAMILIES if isinstance(model, cls)), None)
     if family is None:
         raise UserError(f"no Keras export for {type(model).__name__}; supported: CIFAR ResNet, ResNet, MobileNetV2.")

@@ -1,6 +1,6 @@
 """The finetune loop: what each method trains, exact resume, NaN stop."""
 
-import functools
+import dataclasses
 
 import jax
 import numpy as np
@@ -10,10 +10,9 @@ from flax import nnx
 import model_zoo
 from model_zoo.errors import UserError
 from practise_jax import finetune as ft
-from practise_jax import transforms
+from practise_jax.transforms import views_for
 
-MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-VIEW = functools.partial(lambda key, images: transforms.train_view(key, images, MEAN, STD))
+VIEW = views_for(model_zoo.get_info("cifar_resnet20"), 32).train
 
 
 @pytest.fixture(scope="module")
@@ -62,25 +61,15 @@ def test_a_killed_run_resumes_exactly(setup, tmp_path):
     whole, _ = ft.finetune(student_of(teacher), teacher, images, labels, config, VIEW, progress=False)
 
     path = tmp_path / "state.npz"
-    short = dataclasses_replace(config, steps=6)
-    # run 4 of the 6 steps, as a kill after the save at step 4 would leave it
-    calls = {"n": 0}
 
-    def evaluate_and_kill(model):
-        calls["n"] += 1
+    def kill(model):  # the evaluation at step 5 comes after the save at step 4: a kill there loses step 5
         raise KeyboardInterrupt
 
-    killed = dataclasses_replace(short, eval_every=5)
     with pytest.raises(KeyboardInterrupt):
-        ft.finetune(student_of(teacher), teacher, images, labels, killed, VIEW, evaluate=evaluate_and_kill,
-                    state_path=path, progress=False)
-    resumed, _ = ft.finetune(student_of(teacher), teacher, images, labels, short, VIEW, state_path=path, progress=False)
+        ft.finetune(student_of(teacher), teacher, images, labels, dataclasses.replace(config, eval_every=5), VIEW,
+                    evaluate=kill, state_path=path, progress=False)
+    resumed, _ = ft.finetune(student_of(teacher), teacher, images, labels, config, VIEW, state_path=path, progress=False)
     jax.tree.map(np.testing.assert_allclose, params(resumed), params(whole))
-
-
-def dataclasses_replace(config, **changes):
-    import dataclasses
-    return dataclasses.replace(config, **changes)
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_state(setup, tmp_path):

@@ -33,7 +33,7 @@ from practise_jax import data as data_lib
 from practise_jax.evaluate import evaluate
 from practise_jax.finetune import FinetuneConfig, finetune
 from practise_jax.recoverability import RecoverConfig, recovered_student, score_candidates, scoring_settings
-from practise_jax.store import ResultsStore
+from practise_jax.store import ResultsStore, differing_keys
 from practise_jax.transforms import views_for
 
 METHODS = ("practise", "first-k", "random")
@@ -91,7 +91,7 @@ class Run:
         run_file = self.dir / "run.json"
         if run_file.exists():
             saved = json.loads(run_file.read_text())
-            changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+            changed = differing_keys(saved, settings)
             if changed and not overwrite:
                 what = f"of model {saved.get('model')}" if saved.get("model") != config.model else "with other settings"
                 raise UserError(f"'{self.dir}' holds a run {what} ({', '.join(changed)} differ); "
@@ -274,17 +274,7 @@ def _select(config: CompressConfig, candidates, scored, taus) -> list[str]:
     order = list(candidates)
     if config.method == "random":
         order = [order[i] for i in np.random.RandomState(config.seed).permutation(len(order))]
-    if config.drop is not None:
-        return [b for b in candidates if b in order[:config.drop]]
-    chosen, saved = [], 0.0
-    for block in order:
-        if saved >= config.speedup:
-            break
-        chosen.append(block)
-        saved += taus[block]
-    if saved < config.speedup:
-        raise UserError(f"a latency reduction of {100 * config.speedup:.1f}% is out of reach: dropping every candidate "
-                        f"saves about {100 * saved:.1f}%. Ask for at most that.")
+    chosen = order[:config.drop] if config.drop is not None else selection.in_order(order, taus, config.speedup)
     return [b for b in candidates if b in chosen]
 
 

@@ -43,6 +43,27 @@ def check_target(target: float) -> None:
         raise UserError(f"the latency target must be a fraction between 0 and 1 (0.22 = 22% faster), got {target}.")
 
 
+def check_reachable(target: float, reachable: float) -> None:
+    if reachable < target:
+        raise UserError(
+            f"a latency reduction of {100 * target:.1f}% is out of reach: dropping every candidate saves about "
+            f"{100 * reachable:.1f}%. Ask for at most that."
+        )
+
+
+def in_order(order: Sequence[str], tau: Mapping[str, float], target: float) -> list[str]:
+    """The shortest prefix of ``order`` whose summed single-block tau reaches ``target`` (first-k, random baselines)."""
+    check_target(target)
+    chosen, saved = [], 0.0
+    for block in order:
+        if saved >= target:
+            break
+        chosen.append(block)
+        saved += tau[block]
+    check_reachable(target, saved)
+    return chosen
+
+
 def top_k(scored: Sequence[Scored], k: int) -> list[str]:
     """The k blocks with the smallest scores."""
     check_count(k, len(scored))
@@ -58,12 +79,7 @@ def for_speedup(scored: Sequence[Scored], target: float, resolution: float = 1e-
     """
     check_target(target)
     usable = [s for s in scored if s.tau > 0 and math.isfinite(s.score)]
-    reachable = sum(s.tau for s in usable)
-    if reachable < target:
-        raise UserError(
-            f"a latency reduction of {100 * target:.1f}% is out of reach: dropping every candidate saves about "
-            f"{100 * reachable:.1f}%. Ask for at most that."
-        )
+    check_reachable(target, sum(s.tau for s in usable))
     need = math.ceil(target / resolution - 1e-9)
     best: list[tuple[float, tuple[int, ...]] | None] = [None] * (need + 1)  # best[t]: least cost covering >= t units
     best[0] = (0.0, ())

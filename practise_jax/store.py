@@ -14,6 +14,11 @@ from pathlib import Path
 from model_zoo.errors import UserError
 
 
+def differing_keys(a: dict, b: dict) -> list[str]:
+    """The keys whose values differ between two settings dicts (a missing key counts as None)."""
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
 class ResultsStore:
     def __init__(self, path: str | os.PathLike, settings: dict):
         self.path = Path(path)
@@ -41,7 +46,7 @@ class ResultsStore:
         lines = text.splitlines()
         header = json.loads(lines[0]).get("settings")
         if header != self.settings:
-            changed = sorted(k for k in set(header) | set(self.settings) if header.get(k) != self.settings.get(k))
+            changed = differing_keys(header, self.settings)
             raise UserError(
                 f"{self.path} holds results made with other settings ({', '.join(changed)} differ); "
                 "choose another output folder, or delete that file to start over."

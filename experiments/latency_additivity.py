@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-budget", type=float, default=latency.DEFAULT_TIME_BUDGET_S)
     parser.add_argument("--clock", default="wall", choices=sorted(latency.CLOCKS))
     parser.add_argument("--platform")
+    parser.add_argument("--cpu-threads", type=int, default=latency.DEFAULT_CPU_THREADS,
+                        help="CPU: cores of the pinned timing process (0: this process, all threads)")
     parser.add_argument("--sets", help="drop sets separated by ';', blocks by ','")
     parser.add_argument("--no-cache", action="store_true", help="remeasure (recommended: singles and sets then share one run)")
     parser.add_argument("--out", help="CSV path (default experiments/results/latency_additivity_<model>.csv)")
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     result, rows = run(
         args.model, sets_for(args.model, args.sets), batch_size=args.batch_size, image_size=args.image_size,
         dtype=args.dtype, repeats=args.repeats, time_budget_s=args.time_budget, clock=args.clock,
-        device=latency.pick_device(args.platform), cache=latency.Cache(), reuse=not args.no_cache,
+        cpu_threads=args.cpu_threads, device=latency.pick_device(args.platform), cache=latency.Cache(), reuse=not args.no_cache,
         log=lambda message: print(f"[additivity] {message}", file=sys.stderr, flush=True),
     )
     print(latency.format_table(result))

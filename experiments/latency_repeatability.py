@@ -17,7 +17,7 @@ import sys
 
 from practise_jax.latency import write_csv
 
-SETTING = ("device", "dtype", "batch_size", "image_size", "clock", "jax_version")
+SETTING = ("device", "dtype", "batch_size", "image_size", "clock", "cpu_threads", "jax_version")
 
 
 def read(path: str) -> dict[tuple[str, str], dict]:
@@ -38,7 +38,7 @@ def compare(first: dict, second: dict) -> list[dict]:
         rows.append({
             "model": key[0], "drop": key[1], "tau_pct_run1": round(tau_a, 3), "tau_pct_run2": round(tau_b, 3),
             "difference_pp": round(tau_b - tau_a, 3), "flops_tau_pct": round(100 * float(a["flops_tau"]), 3),
-            "rounds": a["calls"], "clock": a.get("clock", ""), "device": a["device"], "dtype": a["dtype"],
+            "rounds": a["calls"], "clock": a.get("clock", ""), "cpu_threads": a.get("cpu_threads", ""), "device": a["device"], "dtype": a["dtype"],
             "batch_size": a["batch_size"], "image_size": a["image_size"],
         })
     return rows

@@ -32,7 +32,7 @@ class DemoSteps:
     recover: int = 60
     finetune: int = 300
     teacher: int = 600  # training steps of the synthetic teacher
-    latency_budget: float = 10.0
+    latency_budget: float = 2.0  # seconds of timed calls per candidate
     eval_limit: int = 1017
 
 

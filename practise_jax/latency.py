@@ -31,7 +31,21 @@ latency is the median per-call time with its interquartile range. (The
 reference instead reports the mean of 500 consecutive calls at batch 64.)
 
 The number of rounds is ``repeats`` when given, otherwise as many as fit a
-time budget (at least ``MIN_ROUNDS``): fast devices get many, a 2-core CPU few.
+time budget of ``time_budget_s`` seconds of timed calls *per candidate* (at
+least ``MIN_ROUNDS``): fast devices get many, a 2-core CPU few. The default,
+16 s per candidate, gives about 30 rounds for cifar_resnet56 at batch 64 on one
+pinned core of the reference machine, where a round's tau spreads by ~1.3
+percentage points, so the median is good to ~0.3 pp.
+CPU noise. On a small shared CPU, timing in the process that trains, with
+XLA's thread pool spread over every core, is noisy (per-call spread of several
+percent from scheduling alone). So on a CPU device the calls run by default in
+a fresh child process pinned to ``cpu_threads`` cores with XLA's intra-op
+threads set to match (``DEFAULT_CPU_THREADS`` = 1: single-threaded, pinned to
+one core, which on the 2-core reference machine cut the per-round spread of tau
+from 4.1 to 1.3 percentage points). Such a figure is the latency on that many
+cores; ``cpu_threads=0`` measures in this process with all of its threads.
+GPUs and TPUs are always measured in-process.
+
 The clock is injected: ``"wall"`` (``time.perf_counter``) measures latency;
 ``"cpu"`` (``time.process_time``) measures this process's CPU time, which on a
 CPU host shared with other jobs ignores the time they take from us (steadier,
@@ -54,16 +68,21 @@ repeat setting; a repeated profile reads it back without building a model.
 from __future__ import annotations
 
 import csv
+import ctypes
 import dataclasses
 import functools
 import gc
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import platform as platform_lib
+import signal
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import jax
@@ -81,8 +100,10 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 # "wall" is latency. "cpu" is the CPU time of this process (all its threads): on a host shared with other jobs it
 # does not count the time they take from us, so it ranks candidates more stably, but it is work, not latency.
 CLOCKS: dict[str, Clock] = {"wall": time.perf_counter, "cpu": time.process_time}
-DEFAULT_TIME_BUDGET_S = 60.0
+DEFAULT_TIME_BUDGET_S = 16.0  # seconds of timed calls per candidate
+DEFAULT_CPU_THREADS = 1  # on CPU: measure in a child process pinned to this many cores (0: in this process)
 MIN_ROUNDS = 5
+DEFAULT_WARMUP = 2  # untimed calls per model; the first after compiling is slow, the last sizes the rounds
 MAX_ROUNDS = 500
 CACHE_FORMAT = 1
 
@@ -224,6 +245,7 @@ class Setting:
     warmup: int
     clock: str = "wall"  # "wall" (latency), "cpu" (process CPU time) or the name of an injected clock
     overrides: tuple[tuple[str, object], ...] = ()  # model constructor overrides (tiny test models)
+    cpu_threads: int = 0  # CPU only: cores of the pinned child process that measured (0: the caller's process)
 
     def cache_key(self, drop: Sequence[str]) -> dict:
         key = dataclasses.asdict(self)
@@ -322,7 +344,7 @@ class Profile:
                 "tau": tau.median, "tau_q25": tau.q25, "tau_q75": tau.q75, "tau_pct": 100 * tau.median,
                 "tau_predicted": predicted, "flops_tau": self.flops_tau(m.drop),
                 "gflops": m.cost.flops / 1e9, "bytes_accessed_mb": m.cost.bytes_accessed / 1e6, "params": m.cost.params,
-                "calls": m.calls, "warmup": s.warmup, "repeats": s.repeats, "clock": s.clock,
+                "calls": m.calls, "warmup": s.warmup, "repeats": s.repeats, "clock": s.clock, "cpu_threads": s.cpu_threads,
                 "device": s.device, "device_kind": s.device_kind, "platform": s.platform, "jax_version": s.jax_version,
                 "dtype": s.dtype, "batch_size": s.batch_size, "image_size": s.image_size, "cached": m.cached,
             })
@@ -347,6 +369,7 @@ def additivity(profile: Profile) -> list[dict]:
             "device": profile.setting.device, "dtype": profile.setting.dtype,
             "batch_size": profile.setting.batch_size, "image_size": profile.setting.image_size,
             "jax_version": profile.setting.jax_version, "rounds": m.calls, "clock": profile.setting.clock,
+            "cpu_threads": profile.setting.cpu_threads,
         })
     return rows
 
@@ -523,8 +546,9 @@ def normalise_candidates(model: str, candidates: Iterable[Iterable[str] | str] |
 
 def make_setting(
     model: str, *, batch_size: int = 64, image_size: int | None = None, dtype: str = "float32",
-    repeats: int | None = None, time_budget_s: float = DEFAULT_TIME_BUDGET_S, warmup: int = 1,
+    repeats: int | None = None, time_budget_s: float = DEFAULT_TIME_BUDGET_S, warmup: int = DEFAULT_WARMUP,
     device: jax.Device | None = None, overrides: Mapping[str, object] | None = None, clock: str = "wall",
+    cpu_threads: int = 0,
 ) -> Setting:
     """Validate the user's options and describe the measurement conditions."""
     info = model_zoo.get_info(model)
@@ -538,6 +562,9 @@ def make_setting(
         raise UserError(f"the time budget must be positive, got {time_budget_s} s.")
     if warmup < 0:
         raise UserError(f"warmup must be 0 or more calls, got {warmup}.")
+    if not 0 <= cpu_threads <= (os.cpu_count() or 1):
+        raise UserError(f"cpu threads must be between 0 (this process, all threads) and the {os.cpu_count()} cores here, "
+                        f"got {cpu_threads}.")
     image_size = info.input_size if image_size is None else image_size
     frozen = tuple(sorted((overrides or {}).items()))
     if image_size < 1:
@@ -548,7 +575,7 @@ def make_setting(
         model=model, batch_size=batch_size, image_size=image_size, dtype=dtype, platform=device.platform,
         device_kind=device.device_kind, device=describe_device(device), jax_version=jax.__version__,
         repeats=str(repeats) if repeats is not None else f"auto:{time_budget_s:g}s", warmup=warmup, overrides=frozen,
-        clock=clock,
+        clock=clock, cpu_threads=cpu_threads if device.platform == "cpu" else 0,
     )
 
 
@@ -561,11 +588,12 @@ def profile(
     dtype: str = "float32",
     repeats: int | None = None,
     time_budget_s: float = DEFAULT_TIME_BUDGET_S,
-    warmup: int = 1,
+    warmup: int = DEFAULT_WARMUP,
     device: jax.Device | None = None,
     cache: Cache | None = None,
     reuse: bool = True,
     clock: str | Clock = "wall",
+    cpu_threads: int = DEFAULT_CPU_THREADS,
     overrides: Mapping[str, object] | None = None,
     log: Log | None = None,
     compile_fn: Callable[..., Compiled] = compile_forward,
@@ -575,12 +603,14 @@ def profile(
     ``candidates``: drop sets (each an iterable of block addresses or a string
     ``"layer1.1,layer2.3"``); None profiles every single droppable block.
     ``repeats``: rounds of interleaved calls; None fits rounds into
-    ``time_budget_s`` seconds of timed calls (at least ``MIN_ROUNDS``).
+    ``time_budget_s`` seconds of timed calls per candidate (at least ``MIN_ROUNDS``).
     ``cache``: where results are kept (None: nothing is read or written);
     ``reuse=False`` remeasures and overwrites. ``clock``: "wall" (latency),
     "cpu" (process CPU time, see ``CLOCKS``) or a callable returning seconds
     (tests pass a fake clock); its name goes into the setting and the cache key.
-    ``compile_fn`` exists for tests.
+    ``cpu_threads``: on a CPU, measure in a child process pinned to that many
+    cores (0: in this process); an injected clock or ``compile_fn`` (tests)
+    always measures in this process.
     """
     log = log or (lambda message: None)
     device = device or jax.devices()[0]
@@ -590,9 +620,12 @@ def profile(
         clock_name, clock = clock, CLOCKS[clock]
     else:
         clock_name = getattr(clock, "__name__", type(clock).__name__)
+    if compile_fn is not compile_forward or clock_name not in CLOCKS:
+        cpu_threads = 0
     setting = make_setting(
         model, batch_size=batch_size, image_size=image_size, dtype=dtype, repeats=repeats,
         time_budget_s=time_budget_s, warmup=warmup, device=device, overrides=overrides, clock=clock_name,
+        cpu_threads=cpu_threads,
     )
     drops = normalise_candidates(model, candidates)
 
@@ -607,43 +640,93 @@ def profile(
         log(f"{model}: all {len(drops)} candidates and the teacher read from the cache")
         return Profile(setting, found[()], tuple(found[d] for d in drops))
 
-    measured = _measure(setting, missing, device=device, clock=clock, repeats=repeats,
-                        time_budget_s=time_budget_s, overrides=overrides, log=log, compile_fn=compile_fn)
+    builds = [Build(drop, setting.overrides) for drop in ((), *missing)]
+    measured = measure(setting, builds, device=device, clock=clock, time_budget_s=time_budget_s, log=log,
+                       compile_fn=compile_fn)
     if cache is not None:
-        for drop, m in measured.items():
-            cache.put(setting.cache_key(drop), m.to_json())
-    found.update(measured)
+        for m in measured:
+            cache.put(setting.cache_key(m.drop), m.to_json())
+    found.update((m.drop, m) for m in measured)
     return Profile(setting, found[()], tuple(found[d] for d in drops))
 
 
-def _measure(setting: Setting, drops: Sequence[tuple[str, ...]], *, device, clock, repeats, time_budget_s,
-             overrides, log: Log, compile_fn) -> dict[tuple[str, ...], Measurement]:
-    """Compile the teacher and ``drops``, warm them up, run the interleaved rounds."""
+@dataclasses.dataclass(frozen=True)
+class Build:
+    """One model to time: the setting's model without ``drop``, built with constructor ``overrides``."""
+
+    drop: tuple[str, ...]
+    overrides: tuple[tuple[str, object], ...] = ()
+
+
+def measure(setting: Setting, builds: Sequence[Build], *, device=None, clock: Clock | None = None,
+            time_budget_s: float = DEFAULT_TIME_BUDGET_S, log: Log | None = None,
+            compile_fn: Callable[..., Compiled] = compile_forward) -> list[Measurement]:
+    """Time ``builds[0]`` (the reference, tau 0) interleaved with every other build; one Measurement each.
+
+    With ``setting.cpu_threads`` the work goes to a pinned child process (see the module docstring).
+    """
+    log = log or (lambda message: None)
+    if setting.cpu_threads:
+        log(f"{setting.model}: measuring in a child process pinned to {setting.cpu_threads} core(s)")
+        context = multiprocessing.get_context("spawn")  # a fresh interpreter: XLA reads its thread flags at start-up
+        with ProcessPoolExecutor(1, mp_context=context, initializer=_pin_child, initargs=(setting.cpu_threads,)) as pool:
+            results = pool.submit(_measure_in_child, setting, list(builds), time_budget_s).result()
+        return [Measurement.from_json(r) for r in results]
+    clock = clock or CLOCKS[setting.clock]
+    return _measure(setting, builds, device=device or jax.devices()[0], clock=clock, time_budget_s=time_budget_s,
+                    log=log, compile_fn=compile_fn)
+
+
+def _pin_child(threads: int) -> None:
+    """Runs first in the child: XLA single- or few-threaded, the process pinned to the last ``threads`` cores.
+
+    On Linux the child also asks to be terminated when its parent dies, so a
+    killed profile leaves no timing process behind.
+    """
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    flags = [f"--xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'}",
+             f"intra_op_parallelism_threads={threads}"]
+    os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *flags]).strip()
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if cores:
+        os.sched_setaffinity(0, cores[-threads:])
+
+
+def _measure_in_child(setting: Setting, builds: list[Build], time_budget_s: float) -> list[dict]:
+    measured = _measure(setting, builds, device=jax.devices("cpu")[0], clock=CLOCKS[setting.clock],
+                        time_budget_s=time_budget_s, log=lambda message: None, compile_fn=compile_forward)
+    return [m.to_json() for m in measured]
+
+
+def _measure(setting: Setting, builds: Sequence[Build], *, device, clock, time_budget_s, log: Log,
+             compile_fn) -> list[Measurement]:
+    """Compile every build, warm them up, run the interleaved rounds (``builds[0]`` is the reference)."""
     shape = (setting.batch_size, setting.image_size, setting.image_size, 3)
     x = jax.device_put(jax.random.normal(jax.random.key(0), shape, DTYPES[setting.dtype]), device)
-    kwargs = dict(dtype=setting.dtype, device=device, overrides=overrides)
-    log(f"{setting.model}: compiling the teacher")
-    teacher = compile_fn(setting.model, (), x, **kwargs)
     compiled = []
-    for k, drop in enumerate(drops, 1):
-        log(f"{setting.model}: compiling {k}/{len(drops)} without {'+'.join(drop)}")
-        compiled.append(compile_fn(setting.model, drop, x, **kwargs))
+    for k, build in enumerate(builds):
+        log(f"{setting.model}: compiling " + (f"{k}/{len(builds) - 1} without {'+'.join(build.drop)}" if k else "the teacher"))
+        compiled.append(compile_fn(setting.model, build.drop, x, dtype=setting.dtype, device=device,
+                                   overrides=dict(build.overrides) or None))
 
-    estimate = {}
-    for c in (teacher, *compiled):
+    estimate = []
+    for c in compiled:
         last = math.nan
         for _ in range(max(1, setting.warmup)):  # at least one: the last warm-up call estimates the per-call time
             last = time_call(c.run, clock)
-        estimate[c.drop] = last
-    per_round = (len(compiled) + 1) * estimate[()] + sum(estimate[c.drop] for c in compiled)
-    rounds = repeats if repeats is not None else choose_rounds(per_round, time_budget_s)
-    log(f"{setting.model}: {rounds} rounds of {2 * len(compiled) + 1} calls, about {rounds * per_round:.0f} s")
+        estimate.append(last)
+    per_round = (len(compiled) - 1) * estimate[0] + sum(estimate)
+    budget = time_budget_s * max(1, len(compiled) - 1)
+    rounds = int(setting.repeats) if not setting.repeats.startswith("auto") else choose_rounds(per_round, budget)
+    log(f"{setting.model}: {rounds} rounds of {2 * len(compiled) - 1} calls, about {rounds * per_round:.0f} s")
 
-    raw = run_interleaved(teacher.run, [c.run for c in compiled], rounds, clock)
-    result = {(): Measurement((), raw.teacher, raw.teacher, (), teacher.cost)}
-    for i, c in enumerate(compiled):
-        result[c.drop] = Measurement(c.drop, raw.candidates[i], raw.paired_teacher[i], raw.taus[i], c.cost)
-    return result
+    raw = run_interleaved(compiled[0].run, [c.run for c in compiled[1:]], rounds, clock)
+    reference = compiled[0]
+    return [Measurement(reference.drop, raw.teacher, raw.teacher, (), reference.cost)] + [
+        Measurement(c.drop, raw.candidates[i], raw.paired_teacher[i], raw.taus[i], c.cost)
+        for i, c in enumerate(compiled[1:])]
 
 
 # --------------------------------------------------------------------------- presentation
@@ -653,7 +736,7 @@ def format_table(profile: Profile) -> str:
     s = profile.setting
     rounds = sorted({m.calls for m in profile.candidates}) or [profile.teacher.calls]
     header = (f"{s.model} | {s.device} | {s.platform} | jax {s.jax_version} | {s.dtype} | batch {s.batch_size} | "
-              f"{s.image_size}px | {s.clock} clock | rounds {'/'.join(map(str, rounds))} (repeats {s.repeats}, warmup {s.warmup})")
+              f"{s.image_size}px | {s.clock} clock{f' | pinned to {s.cpu_threads} core(s)' if s.cpu_threads else ''} | rounds {'/'.join(map(str, rounds))} (repeats {s.repeats}, warmup {s.warmup})")
     width = max([len("drop")] + [len("+".join(m.drop)) for m in profile.candidates] + [len("(teacher)")])
     lines = [header, "tau = (lat teacher - lat pruned) / lat teacher, median over paired rounds, shown in %; "
                      "GFLOPs per call (whole batch), from XLA's cost analysis",
@@ -674,7 +757,7 @@ def format_table(profile: Profile) -> str:
 CSV_FIELDS = (
     "model", "kind", "drop", "n_dropped", "latency_ms", "latency_q25_ms", "latency_q75_ms", "teacher_latency_ms",
     "tau", "tau_q25", "tau_q75", "tau_pct", "tau_predicted", "flops_tau", "gflops", "bytes_accessed_mb", "params",
-    "calls", "warmup", "repeats", "clock", "device", "device_kind", "platform", "jax_version", "dtype", "batch_size",
+    "calls", "warmup", "repeats", "clock", "cpu_threads", "device", "device_kind", "platform", "jax_version", "dtype", "batch_size",
     "image_size", "cached",
 )
 

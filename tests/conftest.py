@@ -27,3 +27,15 @@ def shared_data() -> Path:
             pytest.fail(message + " (PRACTISE_REQUIRE_DATA=1 requires it)")
         pytest.skip(message)
     return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_latency_cache(tmp_path_factory):
+    """Tests measure into a cache of their own, never the user's (~/.cache/practise-jax)."""
+    previous = os.environ.get("PRACTISE_CACHE")
+    os.environ["PRACTISE_CACHE"] = str(tmp_path_factory.mktemp("practise_cache"))
+    yield
+    if previous is None:
+        os.environ.pop("PRACTISE_CACHE")
+    else:
+        os.environ["PRACTISE_CACHE"] = previous

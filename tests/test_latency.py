@@ -149,7 +149,7 @@ def test_profile_every_single_block_then_cache(tmp_path):
 
 def test_cache_key_separates_settings(tmp_path):
     fake_profile(tmp_path, ["layer1.1"])
-    for change in ({"dtype": "bfloat16"}, {"repeats": 4}, {"warmup": 2}):
+    for change in ({"dtype": "bfloat16"}, {"repeats": 4}, {"warmup": 3}):
         clock = FakeClock()
         compiler = FakeCompiler(clock, 9)
         latency.profile(
@@ -241,6 +241,32 @@ def test_profile_tiny_model_end_to_end(tmp_path):
     for m in (result.teacher, *result.candidates):
         assert m.latency.median > 0 and math.isfinite(m.tau.median)
     assert result.flops_tau(["layer1.1", "layer3.2"]) > result.flops_tau(["layer3.2"]) > 0
+
+    assert result.setting.cpu_threads == (1 if jax.devices()[0].platform == "cpu" else 0)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_getaffinity"), reason="no CPU affinity on this OS")
+def test_the_timing_child_is_pinned_and_single_threaded():
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=context, initializer=latency._pin_child, initargs=(1,)) as pool:
+        flags, cores = pool.submit(_child_view).result()
+    assert "--xla_cpu_multi_thread_eigen=false" in flags and "intra_op_parallelism_threads=1" in flags
+    assert len(cores) == 1
+
+
+def _child_view():
+    import os
+    return os.environ["XLA_FLAGS"], sorted(os.sched_getaffinity(0))
+
+
+def test_in_process_and_pinned_measurements_are_cached_apart(tmp_path):
+    settings = [latency.make_setting("cifar_resnet20", batch_size=2, overrides=TINY, cpu_threads=n) for n in (0, 1)]
+    assert settings[0].cache_key(()) != settings[1].cache_key(())
+    with pytest.raises(UserError, match="cpu threads must be between 0"):
+        latency.make_setting("cifar_resnet20", cpu_threads=10_000)
 
 
 # --------------------------------------------------------------------------- bad input

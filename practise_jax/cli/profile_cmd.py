@@ -34,11 +34,15 @@ def register(commands) -> None:
     parser.add_argument("--repeats", type=int, help="rounds of interleaved calls (default: as many as fit --time-budget, at least "
                                                     f"{latency.MIN_ROUNDS})")
     parser.add_argument("--time-budget", type=float, default=latency.DEFAULT_TIME_BUDGET_S,
-                        help=f"seconds of timed calls when --repeats is not given (default {latency.DEFAULT_TIME_BUDGET_S:g})")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per model after compiling (default 1)")
+                        help=f"seconds of timed calls per candidate when --repeats is not given (default {latency.DEFAULT_TIME_BUDGET_S:g})")
+    parser.add_argument("--warmup", type=int, default=latency.DEFAULT_WARMUP,
+                        help=f"untimed calls per model after compiling (default {latency.DEFAULT_WARMUP})")
     parser.add_argument("--clock", choices=sorted(latency.CLOCKS), default="wall",
                         help="wall: latency (default). cpu: CPU time of this process, steadier on a CPU shared with "
                              "other jobs, but work rather than latency")
+    parser.add_argument("--cpu-threads", type=int, default=latency.DEFAULT_CPU_THREADS,
+                        help="on a CPU: time in a child process pinned to this many cores, XLA threads to match "
+                             f"(default {latency.DEFAULT_CPU_THREADS}: steadiest); 0: in this process with all threads")
     parser.add_argument("--platform", help="cpu, gpu or tpu (default: JAX's default backend)")
     parser.add_argument("--cache-dir", help=f"where results are kept (default {latency.default_cache_dir()}; $PRACTISE_CACHE moves it)")
     parser.add_argument("--no-cache", action="store_true", help="remeasure everything (the new figures replace the cached ones)")
@@ -77,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     result = latency.profile(
         args.model, candidates, batch_size=args.batch_size, image_size=args.image_size, dtype=args.dtype,
         repeats=args.repeats, time_budget_s=args.time_budget, warmup=args.warmup, device=device,
-        cache=latency.Cache(args.cache_dir), reuse=not args.no_cache, log=log, clock=args.clock,
+        cache=latency.Cache(args.cache_dir), reuse=not args.no_cache, log=log, clock=args.clock, cpu_threads=args.cpu_threads,
     )
     print(latency.format_table(result))
     if args.out:

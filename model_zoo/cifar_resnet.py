@@ -42,10 +42,14 @@ def option_a_shortcut(x: jax.Array, out_ch: int) -> jax.Array:
 
 
 class BasicBlock(nnx.Module):
-    def __init__(self, in_ch: int, out_ch: int, stride: int, *, dtype, rngs: nnx.Rngs):
-        self.conv1 = layers.conv(in_ch, out_ch, 3, stride=stride, dtype=dtype, rngs=rngs)
-        self.bn1 = layers.batch_norm(out_ch, dtype=dtype, rngs=rngs)
-        self.conv2 = layers.conv(out_ch, out_ch, 3, dtype=dtype, rngs=rngs)
+    """conv1 -> bn1 -> relu -> conv2 -> bn2, plus the shortcut; ``inner`` channels between the convs
+    (``out_ch`` unless filter pruning narrowed them)."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, *, inner: int | None = None, dtype, rngs: nnx.Rngs):
+        inner = out_ch if inner is None else inner
+        self.conv1 = layers.conv(in_ch, inner, 3, stride=stride, dtype=dtype, rngs=rngs)
+        self.bn1 = layers.batch_norm(inner, dtype=dtype, rngs=rngs)
+        self.conv2 = layers.conv(inner, out_ch, 3, dtype=dtype, rngs=rngs)
         self.bn2 = layers.batch_norm(out_ch, dtype=dtype, rngs=rngs)
         self.reshapes = stride != 1 or in_ch != out_ch
         self.out_ch = out_ch
@@ -65,6 +69,7 @@ class CifarResNet(ZooModel):
         *,
         num_classes: int = 10,
         widths: Sequence[int] = (16, 32, 64),
+        inner_widths: Sequence[int] | None = None,
         dropped: Iterable[str] = (),
         dtype=None,
         rngs: nnx.Rngs,
@@ -72,6 +77,11 @@ class CifarResNet(ZooModel):
         all_blocks, droppable = block_addresses(depth)
         layout = BlockLayout(f"cifar_resnet{depth}", all_blocks, droppable, dropped)
         self._set_layout(layout)
+        if inner_widths is not None and len(inner_widths) != len(all_blocks):
+            raise ValueError(f"inner_widths needs one width per block of the unpruned network ({len(all_blocks)}), "
+                             f"got {len(inner_widths)}")
+        inner = dict(zip(all_blocks, inner_widths)) if inner_widths is not None else {}
+        origin = iter(layout.origin)
         self.conv1 = layers.conv(3, widths[0], 3, dtype=dtype, rngs=rngs)
         self.bn1 = layers.batch_norm(widths[0], dtype=dtype, rngs=rngs)
         in_ch = widths[0]
@@ -79,7 +89,7 @@ class CifarResNet(ZooModel):
             stage_blocks = []
             for i in range(layout.count(stage)):
                 stride = 2 if (s > 0 and i == 0) else 1
-                stage_blocks.append(BasicBlock(in_ch, width, stride, dtype=dtype, rngs=rngs))
+                stage_blocks.append(BasicBlock(in_ch, width, stride, inner=inner.get(next(origin)), dtype=dtype, rngs=rngs))
                 in_ch = width
             setattr(self, stage, nnx.List(stage_blocks))
         self.linear = layers.linear(in_ch, num_classes, dtype=dtype, rngs=rngs)

@@ -28,7 +28,7 @@ import model_zoo
 from model_zoo.base import ZooModel
 from model_zoo.blocks import validate_drop_set
 from model_zoo.errors import UserError
-from practise_jax import checkpoint, latency, selection
+from practise_jax import checkpoint, filter_pruning, latency, selection
 from practise_jax import data as data_lib
 from practise_jax.evaluate import evaluate
 from practise_jax.finetune import FinetuneConfig, finetune
@@ -36,7 +36,7 @@ from practise_jax.recoverability import RecoverConfig, recovered_student, score_
 from practise_jax.store import ResultsStore, differing_keys
 from practise_jax.transforms import views_for
 
-METHODS = ("practise", "first-k", "random")
+METHODS = ("practise", "first-k", "random", "filter")
 PHASES = ("latency", "recoverability", "selection", "student", "finetune", "evaluation", "final_latency")
 INITS = ("plain", "folded")
 
@@ -64,6 +64,7 @@ class CompressConfig:
     eval_every: int = 500
     latency_batch_size: int = 64
     latency_budget: float = latency.DEFAULT_TIME_BUDGET_S
+    latency_threads: int = latency.DEFAULT_CPU_THREADS  # CPU: cores of the pinned timing process (0: this process)
     vmap: bool = False
     scores_from: str | None = None  # recoverability.jsonl (or its folder) of a 'score' run with the same settings
 
@@ -76,6 +77,9 @@ class CompressConfig:
             raise UserError("say what to drop with exactly one of --drop K, --speedup F or --blocks a,b.")
         if self.speedup is not None:
             selection.check_target(self.speedup)
+        if self.method == "filter" and (self.speedup is None or self.init != "plain"):
+            raise UserError("--method filter prunes inner filters to a latency target: give --speedup F "
+                            "(not --drop or --blocks) and the plain finetune start.")
         FinetuneConfig(method=self.finetune, steps=self.finetune_steps)  # validates
         RecoverConfig(steps=self.recover_steps, batch_size=self.batch_size)
 
@@ -159,11 +163,12 @@ def compress(config: CompressConfig, out: str | Path, *, overwrite: bool = False
 
     def profile(drops):
         return latency.profile(config.model, drops, batch_size=config.latency_batch_size, time_budget_s=config.latency_budget,
+                               cpu_threads=config.latency_threads,
                                cache=latency.Cache(), overrides=dict(teacher.overrides) or None,
                                log=lambda m: log(f"  [latency] {m}"))
 
     def latency_phase():
-        if not (config.speedup is not None or (config.method == "practise" and not config.blocks)):
+        if config.method == "filter" or not (config.speedup is not None or (config.method == "practise" and not config.blocks)):
             return {"tau": {}}
         singles = profile([(b,) for b in candidates])
         return {"tau": {b: singles.tau((b,)) for b in candidates}, "teacher_ms": 1e3 * singles.teacher.latency.median}
@@ -191,8 +196,20 @@ def compress(config: CompressConfig, out: str | Path, *, overwrite: bool = False
         records = run.phase("recoverability", score_phase)["records"]
         scored = selection.score({r["block"]: r["recoverability"] for r in records}, taus)
 
-    chosen = run.phase("selection", lambda: {"blocks": _select(config, candidates, scored, taus)})["blocks"]
-    log(f"dropping {', '.join(chosen)}")
+    def filter_latency(keep: float, budget: float):
+        return filter_pruning.measure(teacher, keep, batch_size=config.latency_batch_size, time_budget_s=budget,
+                                      cpu_threads=config.latency_threads, cache=latency.Cache())
+
+    def selection_phase():
+        if config.method != "filter":
+            return {"blocks": _select(config, candidates, scored, taus)}
+        keep, tau = filter_pruning.keep_for_speedup(config.speedup, lambda k: filter_latency(k, config.latency_budget)[1].tau.median)
+        return {"blocks": [], "keep": keep, "tau_search": tau}
+
+    selected = run.phase("selection", selection_phase)
+    chosen = selected["blocks"]
+    log(f"keeping {100 * selected['keep']:.1f}% of every block's inner filters" if "keep" in selected
+        else f"dropping {', '.join(chosen)}")
 
     student_dir = run.dir / "student"
 
@@ -201,6 +218,8 @@ def compress(config: CompressConfig, out: str | Path, *, overwrite: bool = False
         figures = {}
         if config.init == "folded":
             student, figures = recovered_student(teacher, chosen, tiny.images, views, recover_config, progress=progress)
+        elif "keep" in selected:
+            student = filter_pruning.filter_prune(teacher, selected["keep"])
         else:
             student = model_zoo.prune(teacher, chosen)
         checkpoint.save_compressed(start, student, normalization=(info.mean, info.std))
@@ -234,15 +253,20 @@ def compress(config: CompressConfig, out: str | Path, *, overwrite: bool = False
     accuracy = run.phase("evaluation", evaluation_phase)
 
     def latency_phase():
-        measured = profile([tuple(chosen)])
-        setting = measured.setting
-        return {"teacher_ms": 1e3 * measured.teacher.latency.median, "student_ms": 1e3 * measured.get(chosen).latency.median,
-                "tau": measured.tau(chosen), "tau_predicted": sum(taus[b] for b in chosen) if taus else None,
+        if "keep" in selected:
+            setting, student = filter_latency(selected["keep"], config.latency_budget)
+            teacher_ms, predicted = 1e3 * student.teacher_latency.median, selected["tau_search"]
+        else:
+            measured = profile([tuple(chosen)])
+            setting, student = measured.setting, measured.get(chosen)
+            teacher_ms, predicted = 1e3 * measured.teacher.latency.median, sum(taus[b] for b in chosen) if taus else None
+        return {"teacher_ms": teacher_ms, "student_ms": 1e3 * student.latency.median,
+                "tau": student.tau.median, "tau_predicted": predicted,
                 "device": setting.device, "batch_size": setting.batch_size, "dtype": setting.dtype,
                 "jax_version": setting.jax_version}
 
     speed = run.phase("final_latency", latency_phase)
-    summary = _summary(config, run, chosen, scored, taus, init, tuned, accuracy, speed)
+    summary = _summary(config, run, selected, scored, taus, init, tuned, accuracy, speed)
     (run.dir / "summary.json").write_text(json.dumps(summary, indent=1))
     from practise_jax.report import write_report  # matplotlib only when a report is written
 
@@ -266,26 +290,27 @@ def _accuracy(model, data, views) -> dict:
 
 
 def _select(config: CompressConfig, candidates, scored, taus) -> list[str]:
-    """The blocks to drop, by the chosen method and amount."""
+    """The blocks to drop, by the chosen method and amount, in architecture order."""
     if config.blocks:
         return list(config.blocks)
     if config.method == "practise":
-        return selection.top_k(scored, config.drop) if config.drop is not None else selection.for_speedup(scored, config.speedup)
-    order = list(candidates)
-    if config.method == "random":
-        order = [order[i] for i in np.random.RandomState(config.seed).permutation(len(order))]
-    chosen = order[:config.drop] if config.drop is not None else selection.in_order(order, taus, config.speedup)
-    return [b for b in candidates if b in chosen]
+        chosen = selection.top_k(scored, config.drop) if config.drop is not None else selection.for_speedup(scored, config.speedup)
+    else:
+        order = list(candidates)
+        if config.method == "random":
+            order = [order[i] for i in np.random.RandomState(config.seed).permutation(len(order))]
+        chosen = order[:config.drop] if config.drop is not None else selection.in_order(order, taus, config.speedup)
+    return [b for b in candidates if b in chosen]  # architecture order, as the student's spec lists them
 
 
-def _summary(config, run, chosen, scored, taus, init, tuned, accuracy, speed) -> dict:
+def _summary(config, run, selected, scored, taus, init, tuned, accuracy, speed) -> dict:
     phases = {name: json.loads(path.read_text()).get("seconds")
               for name in PHASES if (path := run.dir / "phases" / f"{name}.json").exists()}
     history = tuned["history"]
     return {
         "model": config.model, "weights": config.weights, "method": config.method, "finetune": config.finetune,
         "finetune_start": init["init"], "shots": config.shots, "seed": config.seed, "data": config.data,
-        "eval_data": config.eval_data, "dropped_blocks": list(chosen),
+        "eval_data": config.eval_data, "dropped_blocks": list(selected["blocks"]), "filter_keep": selected.get("keep"),
         "scores": [dataclasses.asdict(s) for s in scored] or [{"block": b, "tau": t} for b, t in taus.items()],
         "latency_ms_teacher": speed["teacher_ms"], "latency_ms_student": speed["student_ms"],
         "latency_reduction": speed["tau"], "latency_reduction_predicted": speed["tau_predicted"],

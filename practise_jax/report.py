@@ -54,10 +54,17 @@ def plot_before_after(summary: dict, path: Path) -> None:
     right.bar_label(bars, fmt="%.2f")
     right.set_ylim(0, 1.15 * max(lat))
     right.set_title(f"latency (ms, batch {summary['latency_batch_size']})")
-    fig.suptitle(f"{summary['model']} without {len(summary['dropped_blocks'])} blocks", fontsize=10)
+    fig.suptitle(f"{summary['model']}: {pruned(summary)}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def pruned(summary: dict) -> str:
+    """What the student lacks, in words."""
+    if summary.get("filter_keep") is not None:
+        return f"{100 * summary['filter_keep']:.1f}% of every block's inner filters kept (L1 norm)"
+    return f"dropped {len(summary['dropped_blocks'])} blocks ({', '.join(summary['dropped_blocks'])})"
 
 
 def write_report(run_dir: Path, summary: dict) -> Path:
@@ -68,7 +75,7 @@ def write_report(run_dir: Path, summary: dict) -> Path:
         f"# {summary['model']}: PRACTISE compression report", "",
         f"Method **{summary['method']}**, finetune **{summary['finetune']}** from the **{summary['finetune_start']}** student, "
         f"{summary['shots']} images of `{summary['data']}` (seed {summary['seed']}).", "",
-        f"Dropped blocks: **{', '.join(summary['dropped_blocks'])}**.", "",
+        f"Pruned: **{pruned(summary)}**.", "",
         "| | teacher | student |", "|---|---:|---:|",
         f"| top-1 (%) | {_fmt(summary['top1_teacher'])} | {_fmt(summary['top1_student'])} |",
         f"| per-class mean (%) | {_fmt(summary['class_mean_teacher'])} | {_fmt(summary['class_mean_student'])} |",

@@ -18,7 +18,7 @@ def tiny_config(tmp_path, **changes):
         checkpoint.save_compressed(teacher_dir, model_zoo.create("cifar_resnet20", widths=(4, 8, 16)))
     settings = dict(model="cifar_resnet20", weights=str(teacher_dir), data="synthetic:64:10:1",
                     eval_data="synthetic:32:10:2", shots=20, drop=2, recover_steps=2, finetune_steps=6,
-                    batch_size=8, eval_every=3, latency_batch_size=2, latency_budget=0.1)
+                    batch_size=8, eval_every=3, latency_batch_size=2, latency_budget=0.1, latency_threads=0)
     settings.update(changes)
     return pipeline.CompressConfig(**settings)
 

@@ -9,6 +9,7 @@ import model_zoo
 from model_zoo.blocks import parse_block_list
 from practise_jax import latency
 from practise_jax.pipeline import INITS, METHODS, CompressConfig, compress
+from practise_jax.recoverability import STEPS_HELP, default_steps
 from practise_jax.finetune import DEFAULT_LR
 
 
@@ -25,17 +26,19 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
     amount.add_argument("--drop", type=int, metavar="K", help="drop K blocks")
     amount.add_argument("--speedup", type=float, metavar="F", help="drop blocks until the latency falls by F (0.22 = 22%%)")
     amount.add_argument("--blocks", help="drop exactly these blocks, e.g. layer1.1,layer2.3")
-    parser.add_argument("--method", choices=METHODS, default="practise", help="how blocks are chosen (default practise)")
+    parser.add_argument("--method", choices=METHODS, default="practise", help="practise (default), first-k or random choose blocks to drop; filter keeps the same "
+                        "fraction of every block's inner filters by L1 norm, to a --speedup target (CIFAR ResNets)")
     parser.add_argument("--finetune", choices=sorted(DEFAULT_LR), default="mimic", help="finetune loss (default mimic)")
     parser.add_argument("--init", choices=INITS, default="plain",
                         help="finetune start: the plain pruned student (the reference), or with recovered adaptors folded in")
-    parser.add_argument("--recover-steps", type=int, default=2000, help="adaptor steps per candidate (default 2000)")
+    parser.add_argument("--recover-steps", type=int, help=STEPS_HELP)
     parser.add_argument("--finetune-steps", type=int, default=2000, help="finetune steps (default 2000)")
     parser.add_argument("--lr", type=float, help="finetune learning rate (default: mimic/kd 0.02, ce 1e-4)")
     parser.add_argument("--batch-size", type=int, default=64, help="training batch (default 64)")
     parser.add_argument("--eval-every", type=int, default=500, help="evaluate every N finetune steps (default 500)")
     parser.add_argument("--latency-batch-size", type=int, default=64, help="batch of latency measurements (default 64)")
-    parser.add_argument("--latency-budget", type=float, default=latency.DEFAULT_TIME_BUDGET_S, help="seconds of timed latency calls")
+    parser.add_argument("--latency-budget", type=float, default=latency.DEFAULT_TIME_BUDGET_S, help="seconds of timed latency calls per candidate "
+                        f"(default {latency.DEFAULT_TIME_BUDGET_S:g})")
     parser.add_argument("--vmap", action="store_true", help="score the candidates of a stage together (pays on GPUs)")
     parser.add_argument("--scores-from", metavar="DIR", help="reuse the recoverability of a 'practise-jax score --out DIR' run "
                                                              "with the same model, weights, data, shots, seed and steps")
@@ -55,17 +58,19 @@ def config_from_args(args: argparse.Namespace) -> CompressConfig:
         model=args.model, weights=args.weights, data=args.data, eval_data=args.eval_data, eval_limit=args.eval_limit,
         shots=args.shots, seed=args.seed, balanced=args.balanced, method=args.method, drop=args.drop,
         speedup=args.speedup, blocks=parse_block_list(args.blocks), finetune=args.finetune, init=args.init,
-        recover_steps=args.recover_steps, finetune_steps=args.finetune_steps, finetune_lr=args.lr,
+        recover_steps=default_steps() if args.recover_steps is None else args.recover_steps, finetune_steps=args.finetune_steps, finetune_lr=args.lr,
         batch_size=args.batch_size, eval_every=args.eval_every, latency_batch_size=args.latency_batch_size,
         latency_budget=args.latency_budget, vmap=args.vmap, scores_from=args.scores_from,
     )
 
 
 def print_summary(summary: dict, out: str) -> None:
+    from practise_jax.report import pruned  # matplotlib: imported once a report exists anyway
+
     def pct(value):
         return "–" if value is None else f"{value:.2f}%"
 
-    print(f"\n{summary['model']}: dropped {', '.join(summary['dropped_blocks'])} ({summary['method']}, {summary['finetune']} finetune)")
+    print(f"\n{summary['model']}: {pruned(summary)} ({summary['method']}, {summary['finetune']} finetune)")
     print(f"  top-1        teacher {pct(summary['top1_teacher'])}  student {pct(summary['top1_student'])}")
     print(f"  class mean   teacher {pct(summary['class_mean_teacher'])}  student {pct(summary['class_mean_student'])}")
     print(f"  latency      teacher {summary['latency_ms_teacher']:.2f} ms  student {summary['latency_ms_student']:.2f} ms  "

@@ -9,6 +9,10 @@ under ``--work``, so a killed study continues.
     python experiments/cost_study.py --model cifar_resnet56 --shots 500 --steps 25,50,100,200 \
         --out experiments/results/cost_study_cifar_resnet56.csv
 
+``--reuse 100=runs/score56/recoverability.jsonl`` takes one step count's
+records from a finished ``practise-jax score`` run of the same model, shots,
+seed and steps instead of recomputing them (marked in the CSV).
+
 Reads the real checkpoint and CIFAR-10 training images from $PRACTISE_DATA
 (default ../shared/data).
 """
@@ -16,6 +20,7 @@ Reads the real checkpoint and CIFAR-10 training images from $PRACTISE_DATA
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -27,7 +32,7 @@ import model_zoo
 from practise_jax import data as data_lib
 from practise_jax import latency, selection
 from practise_jax.latency import write_csv
-from practise_jax.recoverability import RecoverConfig, score_candidates
+from practise_jax.recoverability import RecoverConfig, score_candidates, scoring_settings
 from practise_jax.store import ResultsStore
 from practise_jax.transforms import views_for
 
@@ -40,6 +45,20 @@ def spearman(a, b) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def store_name(model: str, shots: int, seed: int, steps: int, vmap: bool = False) -> str:
+    return f"{model}_{shots}shots_seed{seed}_{steps}steps{'_vmap' if vmap else ''}.jsonl"
+
+
+def read_score_run(path: str, model: str, shots: int, seed: int, steps: int) -> list[dict]:
+    """The records of a finished score run, checked to match the study's model, shots, seed and steps."""
+    lines = Path(path).read_text().splitlines()
+    settings = json.loads(lines[0])["settings"]
+    wanted = {"model": model, "shots": shots, "seed": seed, "steps": steps}
+    if any(settings.get(k) != v for k, v in wanted.items()):
+        raise SystemExit(f"{path} was scored with {settings}, not {wanted}")
+    return [json.loads(line) for line in lines[1:]]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="cifar_resnet56")
@@ -49,30 +68,46 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--k", type=int, default=5, help="compare the k best blocks of each ranking")
     parser.add_argument("--vmap", action="store_true")
+    parser.add_argument("--latency-budget", type=float, default=latency.DEFAULT_TIME_BUDGET_S,
+                        help="seconds of timed calls per candidate for tau (picks the cached profile to reuse)")
+    parser.add_argument("--reuse", action="append", default=[], metavar="STEPS=JSONL",
+                        help="records of a finished 'practise-jax score' run for that step count")
     parser.add_argument("--work", default="runs/cost_study")
     parser.add_argument("--out", default=str(REPO / "experiments/results/cost_study_cifar_resnet56.csv"))
     args = parser.parse_args(argv)
     data_dir = Path(os.environ.get("PRACTISE_DATA", REPO.parent / "shared" / "data"))
     info = model_zoo.get_info(args.model)
-    teacher = model_zoo.load(args.model, data_dir / "cifar10_resnets" / info.weights[0].filename)
-    tiny, _ = data_lib.load_tiny_set(f"npz:{data_dir / 'cifar10' / 'cifar10_train_exact.npz'}", args.shots, args.seed,
+    weights = data_dir / "cifar10_resnets" / info.weights[0].filename
+    data = f"npz:{data_dir / 'cifar10' / 'cifar10_train_exact.npz'}"
+    teacher = model_zoo.load(args.model, weights)
+    tiny, _ = data_lib.load_tiny_set(data, args.shots, args.seed,
                                      num_classes=info.num_classes, image_size=info.input_size)
     views = views_for(info, info.input_size)
-    profile = latency.profile(args.model, None, cache=latency.Cache())
-    taus = {b: profile.tau((b,)) for b in info.droppable}
+    reused = dict(item.split("=", 1) for item in args.reuse)
 
     results = {}
     for steps in sorted(int(s) for s in args.steps.split(",")):
+        if str(steps) in reused:
+            records = read_score_run(reused[str(steps)], args.model, args.shots, args.seed, steps)
+            results[steps] = {"records": records, "train_s": sum(r["train_seconds"] for r in records),
+                              "reused": reused[str(steps)]}
+            continue
         config = RecoverConfig(steps=steps, batch_size=args.batch_size, seed=args.seed)
-        store = ResultsStore(Path(args.work) / f"{args.model}_{args.shots}_{steps}{'_vmap' if args.vmap else ''}.jsonl",
-                             {"model": args.model, "shots": args.shots, "seed": args.seed, "steps": steps, "vmap": args.vmap})
+        # the store carries the settings of 'practise-jax score', so compress --scores-from can reuse it
+        settings = scoring_settings(args.model, str(weights), data, args.shots, args.seed, config)
+        store = ResultsStore(Path(args.work) / store_name(args.model, args.shots, args.seed, steps, args.vmap), settings)
         started = time.perf_counter()
         records = score_candidates(teacher, info.droppable, tiny.images, views, config, store, vmap=args.vmap)
         elapsed = time.perf_counter() - started
         results[steps] = {"records": records, "this_session_s": elapsed,
-                          "train_s": sum(r["train_seconds"] for r in records)}
+                          "train_s": sum(r["train_seconds"] for r in records), "reused": ""}
         print(f"{steps:5d} steps: {results[steps]['train_s']:.0f} s of adaptor training for {len(records)} candidates", flush=True)
 
+    profile = latency.profile(args.model, None, time_budget_s=args.latency_budget, cache=latency.Cache())
+    taus = {b: profile.tau((b,)) for b in info.droppable}
+
+    for result in results.values():  # compare candidate by candidate, in architecture order
+        result["records"] = sorted(result["records"], key=lambda r: info.droppable.index(r["block"]))
     reference = max(results)
     ref_r = [r["recoverability"] for r in results[reference]["records"]]
     ref_s = selection.score({r["block"]: r["recoverability"] for r in results[reference]["records"]}, taus)
@@ -89,7 +124,7 @@ def main(argv=None) -> int:
             "spearman_score_vs_max": round(spearman([order[b] for b in info.droppable], [{s.block: s.rank for s in ref_s}[b] for b in info.droppable]), 4),
             f"top{args.k}_overlap_vs_max": len({s.block for s in scored[:args.k]} & ref_top),
             "top_blocks": " ".join(s.block for s in scored[:args.k]),
-            "reference_steps": reference, "device": profile.setting.device,
+            "reference_steps": reference, "device": profile.setting.device, "reused_from": result["reused"],
         })
     write_csv(rows, args.out)
     for row in rows:

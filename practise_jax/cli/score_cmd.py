@@ -14,10 +14,9 @@ import model_zoo
 from model_zoo.blocks import parse_block_list, validate_drop_set
 from practise_jax import data as data_lib
 from practise_jax import latency, selection, transforms
-from practise_jax.recoverability import RecoverConfig, score_candidates, scoring_settings
+from practise_jax.recoverability import STEPS_HELP, RecoverConfig, default_steps, score_candidates, scoring_settings
 from practise_jax.store import ResultsStore
 
-DEFAULT_RECOVER_STEPS = 2000  # the reference's; experiments/README.md measures what fewer steps cost in ranking
 
 
 def register(commands) -> None:
@@ -27,11 +26,12 @@ def register(commands) -> None:
     parser.add_argument("--data", required=True, help="tiny-set source, npz:PATH (arrays images, labels)")
     parser.add_argument("--shots", type=int, default=500, help="images in the tiny set (default 500; -1 = all)")
     parser.add_argument("--seed", type=int, default=2021, help="seed of the tiny-set draw and of training (default 2021)")
-    parser.add_argument("--recover-steps", type=int, default=DEFAULT_RECOVER_STEPS, help=f"adaptor steps per candidate (default {DEFAULT_RECOVER_STEPS})")
+    parser.add_argument("--recover-steps", type=int, help=STEPS_HELP)
     parser.add_argument("--batch-size", type=int, default=64, help="adaptor-training batch (default 64, as the reference)")
     parser.add_argument("--blocks", help="score only these candidates (comma-separated); default: every droppable block")
     parser.add_argument("--latency-batch-size", type=int, default=64, help="batch of the latency measurement (default 64)")
-    parser.add_argument("--latency-budget", type=float, default=latency.DEFAULT_TIME_BUDGET_S, help="seconds of timed latency calls")
+    parser.add_argument("--latency-budget", type=float, default=latency.DEFAULT_TIME_BUDGET_S, help="seconds of timed latency calls per candidate "
+                        f"(default {latency.DEFAULT_TIME_BUDGET_S:g})")
     select = parser.add_mutually_exclusive_group()
     select.add_argument("--drop", type=int, metavar="K", help="also choose the K best blocks")
     select.add_argument("--speedup", type=float, metavar="F", help="also choose blocks for a latency reduction F (0.22 = 22%%)")
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         selection.check_count(args.drop, len(blocks))
     if args.speedup is not None:
         selection.check_target(args.speedup)
-    config = RecoverConfig(steps=args.recover_steps, batch_size=args.batch_size, seed=args.seed)
+    config = RecoverConfig(steps=default_steps() if args.recover_steps is None else args.recover_steps, batch_size=args.batch_size, seed=args.seed)
     dataset = data_lib.load_source(args.data)
     data_lib.check_fits(dataset, info.input_size, info.num_classes, args.model)
     indices = data_lib.sample_tiny_set(dataset.labels, args.shots, args.seed, info.num_classes)

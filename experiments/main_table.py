@@ -1,0 +1,217 @@
+"""The main table: block-dropping methods on cifar_resnet56 at one latency cut, per tiny-set size and seed.
+
+Every row is one resumable ``compress`` run under ``--work`` (rerun the same
+command after a kill: finished runs are read back, an unfinished one resumes):
+
+* ``bp``: the first droppable blocks until the latency target, cross-entropy finetune (the paper's BP baseline);
+* ``first-k``: the same blocks, mimic finetune;
+* ``random``: blocks in a seeded random order until the target, mimic finetune;
+* ``practise``: recoverability / tau selection, mimic finetune;
+* ``practise-folded``: the same selection, the trained adaptors folded into the convs as the finetune start
+  (reuses the ``practise`` run's scores, so it must come after it);
+* ``filter``: L1-norm pruning of every block's inner filters to the same measured latency cut, mimic finetune.
+
+``--scores DIR`` reuses recoverability scores that `cost_study.py --work DIR`
+computed with the same model, data, shots, seed and steps.
+
+Accuracy: per-class mean over all images of ``--test-data`` (the 4,599 exact
+CIFAR-10 test images are class-imbalanced) and top-1 on its first
+``--prefix`` images (the uniform 1,017-image prefix). Latency: each run's
+measured reduction (paired, interleaved, batch 64 on this machine).
+
+Reduced CPU grid (the one in experiments/README.md):
+
+    python experiments/main_table.py --shots 50,500 --seeds 2021,2022 --speedup 0.2 \
+        --recover-steps 50 --finetune-steps 300 --scores runs/cost_study --work runs/main_table \
+        --out experiments/results/main_table_cifar_resnet56.csv
+
+Writes ``--out`` (one line per run), ``<out>_summary.csv`` (mean and
+standard deviation over seeds per row and tiny-set size) and its plot
+``<out>_summary.png``, rewritten after each run so a partial grid is readable. Real data from ``$PRACTISE_DATA`` (default ../shared/data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import model_zoo
+from cost_study import store_name
+from practise_jax import checkpoint
+from practise_jax.data import load_source
+from practise_jax.evaluate import evaluate
+from practise_jax.latency import write_csv
+from practise_jax.pipeline import CompressConfig, compress
+from practise_jax.transforms import views_for
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("PRACTISE_DATA", REPO.parent / "shared" / "data"))
+ROWS = {
+    "bp": dict(method="first-k", finetune="ce"),
+    "first-k": dict(method="first-k", finetune="mimic"),
+    "random": dict(method="random", finetune="mimic"),
+    "practise": dict(method="practise", finetune="mimic"),
+    "practise-folded": dict(method="practise", finetune="mimic", init="folded"),
+    "filter": dict(method="filter", finetune="mimic"),
+}
+METRICS = ("class_mean", "top1_prefix", "latency_reduction", "n_dropped")
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="cifar_resnet56")
+    parser.add_argument("--weights", default=str(DATA / "cifar10_resnets" / "resnet56-4bfd9763.th"),
+                        help="teacher weights, or 'random'")
+    parser.add_argument("--train-data", default=f"npz:{DATA / 'cifar10' / 'cifar10_train_exact.npz'}")
+    parser.add_argument("--test-data", default=f"npz:{DATA / 'cifar10' / 'cifar10_test_exact.npz'}")
+    parser.add_argument("--prefix", type=int, default=1017, help="top-1 on the first N test images")
+    parser.add_argument("--shots", default="50,500")
+    parser.add_argument("--seeds", default="2021,2022")
+    parser.add_argument("--speedup", type=float, default=0.2)
+    parser.add_argument("--rows", default=",".join(ROWS))
+    parser.add_argument("--recover-steps", type=int, default=50)
+    parser.add_argument("--finetune-steps", type=int, default=300)
+    parser.add_argument("--latency-budget", type=float, default=24.0, help="seconds of timed calls per candidate")
+    parser.add_argument("--latency-batch-size", type=int, default=64)
+    parser.add_argument("--scores", help="folder of cost_study.py score stores to reuse for the practise row")
+    parser.add_argument("--work", default="runs/main_table")
+    parser.add_argument("--out", default=str(REPO / "experiments/results/main_table_cifar_resnet56.csv"))
+    args = parser.parse_args(argv)
+    unknown = set(args.rows.split(",")) - set(ROWS)
+    if unknown:
+        parser.error(f"unknown rows {sorted(unknown)}; choose from {', '.join(ROWS)}")
+    return args
+
+
+def run_row(args, row: str, shots: int, seed: int) -> dict:
+    """One compress run (resumed or read back if done before) and its accuracy on the test prefix."""
+    out = Path(args.work) / f"{row}_{shots}shots_seed{seed}"
+    settings = ROWS[row]
+    scores_from = None
+    if settings.get("init") == "folded":
+        scores_from = _practise_scores(args, shots, seed) or str(Path(args.work) / f"practise_{shots}shots_seed{seed}")
+    elif row == "practise":
+        scores_from = _practise_scores(args, shots, seed)
+    config = CompressConfig(
+        model=args.model, weights=None if args.weights == "random" else args.weights, data=args.train_data,
+        eval_data=args.test_data, shots=shots, seed=seed, speedup=args.speedup,
+        recover_steps=args.recover_steps, finetune_steps=args.finetune_steps, eval_every=args.finetune_steps,
+        latency_budget=args.latency_budget, latency_batch_size=args.latency_batch_size,
+        scores_from=scores_from,
+        **settings,
+    )
+    summary = compress(config, out, progress=False, log=lambda m: print(f"  {out.name}: {m}", flush=True))
+    prefix_file = out / "prefix_accuracy.json"
+    if not prefix_file.exists():
+        student, _ = checkpoint.load_compressed(out / "student")
+        test = load_source(args.test_data, image_size=model_zoo.get_info(args.model).input_size)
+        prefix = test.take(slice(0, args.prefix))
+        views = views_for(model_zoo.get_info(args.model), prefix.images.shape[1])
+        teacher_top1 = evaluate(_teacher(args), prefix, views, progress=False).top1
+        prefix_file.write_text(json.dumps({"images": len(prefix), "student": evaluate(student, prefix, views, progress=False).top1,
+                                           "teacher": teacher_top1}))
+    prefix = json.loads(prefix_file.read_text())
+    return {
+        "row": row, "shots": shots, "seed": seed, "method": config.method, "finetune": config.finetune,
+        "finetune_start": config.init, "dropped": " ".join(summary["dropped_blocks"]),
+        "n_dropped": len(summary["dropped_blocks"]),
+        "latency_reduction": summary["latency_reduction"], "latency_reduction_predicted": summary["latency_reduction_predicted"],
+        "latency_ms_teacher": summary["latency_ms_teacher"], "latency_ms_student": summary["latency_ms_student"],
+        "class_mean": summary["class_mean_student"], "class_mean_teacher": summary["class_mean_teacher"],
+        "top1_prefix": prefix["student"], "top1_prefix_teacher": prefix["teacher"], "prefix_images": prefix["images"],
+        "top1_all": summary["top1_student"], "test_images": summary["eval_images"],
+        "recover_steps": config.recover_steps, "finetune_steps": config.finetune_steps,
+        "device": summary["device"], "seconds": round(sum(v or 0 for v in summary["phase_seconds"].values()), 1),
+    }
+
+
+def _practise_scores(args, shots: int, seed: int) -> str | None:
+    """A finished cost-study store for these settings, if ``--scores`` names a folder holding one."""
+    if not args.scores:
+        return None
+    path = Path(args.scores) / store_name(args.model, shots, seed, args.recover_steps)
+    return str(path) if path.exists() else None
+
+
+_TEACHERS: dict = {}
+
+
+def _teacher(args):
+    if args.weights not in _TEACHERS:
+        _TEACHERS[args.weights] = (model_zoo.create(args.model) if args.weights == "random"
+                                   else model_zoo.load(args.model, args.weights))
+    return _TEACHERS[args.weights]
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """Mean and standard deviation over seeds per (row, shots), with the teacher's figures first."""
+    if not rows:
+        return []
+    first = rows[0]
+    table = [{"row": "teacher", "shots": "", "seeds": "", "class_mean": first["class_mean_teacher"],
+              "top1_prefix": first["top1_prefix_teacher"], "latency_reduction": 0.0, "n_dropped": 0}]
+    for key in dict.fromkeys((r["row"], r["shots"]) for r in rows):
+        group = [r for r in rows if (r["row"], r["shots"]) == key]
+        line = {"row": key[0], "shots": key[1], "seeds": len(group)}
+        for metric in METRICS:
+            values = [float(r[metric]) for r in group]
+            line[metric] = statistics.fmean(values)
+            line[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else ""
+        table.append(line)
+    return table
+
+
+def plot(table: list[dict], path: Path) -> None:
+    """Per-class mean accuracy of each row (mean over seeds, std as error bars) per tiny-set size, teacher dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [t for t in table if t["row"] != "teacher"]
+    shots = sorted({t["shots"] for t in rows})
+    names = list(dict.fromkeys(t["row"] for t in rows))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(names), 3.6))
+    width = 0.8 / max(1, len(shots))
+    for k, n in enumerate(shots):
+        found = {t["row"]: t for t in rows if t["shots"] == n}
+        xs = [i + k * width for i, name in enumerate(names) if name in found]
+        means = [found[name]["class_mean"] for name in names if name in found]
+        stds = [found[name]["class_mean_std"] or 0.0 for name in names if name in found]
+        bars = ax.bar(xs, means, width, yerr=stds, label=f"{n} images", capsize=3)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.axhline(table[0]["class_mean"], color="gray", linestyle="--", label="teacher")
+    ax.set_xticks([i + width * (len(shots) - 1) / 2 for i in range(len(names))], names, fontsize=8)
+    low = min(t["class_mean"] for t in table)
+    ax.set_ylim(max(0.0, low - 5), 100)
+    ax.set_ylabel("per-class mean accuracy (%)")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    summary_path = Path(args.out).with_name(Path(args.out).stem + "_summary.csv")
+    rows = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for shots in (int(s) for s in args.shots.split(",")):
+            for row in args.rows.split(","):
+                print(f"== {row}, {shots} images, seed {seed}", flush=True)
+                rows.append(run_row(args, row, shots, seed))
+                write_csv(rows, args.out)
+                write_csv(aggregate(rows), summary_path)
+                plot(aggregate(rows), summary_path.with_suffix(".png"))
+    for line in aggregate(rows):
+        print("  ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in line.items()))
+    print(f"wrote {args.out} and {summary_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Smoke versions of the long experiment scripts: same code paths, tiny steps, seconds each."""
+
+import csv
+import sys
+from pathlib import Path
+
+import pytest
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+sys.path.insert(0, str(EXPERIMENTS))
+
+import cost_study  # noqa: E402
+import main_table  # noqa: E402
+
+
+def read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_main_table_runs_every_row_and_resumes(tmp_path):
+    args = ["--model", "cifar_resnet20", "--weights", "random", "--train-data", "synthetic:64:10:1",
+            "--test-data", "synthetic:40:10:2", "--prefix", "20", "--shots", "20", "--seeds", "1",
+            "--speedup", "0.05", "--rows", "bp,random,practise,practise-folded", "--recover-steps", "2",
+            "--finetune-steps", "2", "--latency-budget", "0.01", "--latency-batch-size", "1",
+            "--work", str(tmp_path / "work"), "--out", str(tmp_path / "table.csv")]
+    assert main_table.main(args) == 0
+    rows = read_csv(tmp_path / "table.csv")
+    assert [r["row"] for r in rows] == ["bp", "random", "practise", "practise-folded"]
+    assert rows[0]["finetune"] == "ce" and rows[3]["finetune_start"] == "folded"
+    assert rows[2]["dropped"] == rows[3]["dropped"]  # the folded row reuses the practise selection
+    summary = read_csv(tmp_path / "table_summary.csv")
+    assert summary[0]["row"] == "teacher" and len(summary) == 5
+    # a rerun reads every finished run back
+    assert main_table.main(args) == 0
+    assert read_csv(tmp_path / "table.csv") == rows
+
+
+def test_cost_study_compares_step_counts(tmp_path, shared_data, monkeypatch):
+    monkeypatch.setenv("PRACTISE_DATA", str(shared_data))
+    out = tmp_path / "cost.csv"
+    assert cost_study.main(["--model", "cifar_resnet20", "--shots", "16", "--steps", "1,2", "--batch-size", "8",
+                            "--latency-budget", "0.01", "--work", str(tmp_path / "work"), "--out", str(out)]) == 0
+    rows = read_csv(out)
+    assert [int(r["steps"]) for r in rows] == [1, 2]
+    assert float(rows[1]["spearman_R_vs_max"]) == pytest.approx(1.0)
+    # the reference step count can come from a finished store instead of being recomputed
+    reused = tmp_path / "work" / cost_study.store_name("cifar_resnet20", 16, 2021, 2)
+    assert cost_study.main(["--model", "cifar_resnet20", "--shots", "16", "--steps", "2", "--batch-size", "8",
+                            "--latency-budget", "0.01", "--reuse", f"2={reused}", "--work", str(tmp_path / "other"), "--out", str(out)]) == 0
+    assert read_csv(out)[0]["reused_from"] == str(reused)

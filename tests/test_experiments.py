@@ -22,7 +22,7 @@ def test_main_table_runs_every_row_and_resumes(tmp_path):
     args = ["--model", "cifar_resnet20", "--weights", "random", "--train-data", "synthetic:64:10:1",
             "--test-data", "synthetic:40:10:2", "--prefix", "20", "--shots", "20", "--seeds", "1",
             "--speedup", "0.05", "--rows", "bp,random,practise,practise-folded", "--recover-steps", "2",
-            "--finetune-steps", "2", "--latency-budget", "0.01", "--latency-batch-size", "1",
+            "--finetune-steps", "2", "--latency-budget", "0.01", "--latency-batch-size", "16",
             "--work", str(tmp_path / "work"), "--out", str(tmp_path / "table.csv")]
     assert main_table.main(args) == 0
     rows = read_csv(tmp_path / "table.csv")

@@ -46,8 +46,10 @@ def inner_widths(teacher: ZooModel, keep: float) -> tuple[int, ...]:
     current = dict(teacher.overrides).get("inner_widths")
     widths = []
     for k, address in enumerate(all_blocks):
-        full = built[address].conv1.out_features if address in built else current[k] if current else None
-        widths.append(max(1, round(keep * full)) if address in built else full)
+        if address in built:
+            widths.append(max(1, round(keep * built[address].conv1.out_features)))
+        else:  # dropped: never built, so it keeps whatever width it had
+            widths.append(current[k] if current else None)
     return tuple(widths)
 
 
@@ -63,10 +65,9 @@ def filter_prune(teacher: ZooModel, keep: float) -> ZooModel:
     student = model_zoo.create(teacher.model_name, dropped=teacher.dropped,
                                **{**dict(teacher.overrides), "inner_widths": widths})
     kept = {}
-    for address, block in teacher.residual_blocks():
+    for (address, block), (_, narrow) in zip(teacher.residual_blocks(), student.residual_blocks()):
         group, index = address.rsplit(".", 1)
-        count = student.residual_blocks()[teacher.blocks.index(address)][1].conv1.out_features
-        kept[(group, int(index))] = kept_filters(np.asarray(block.conv1.kernel[...]), count)
+        kept[(group, int(index))] = kept_filters(np.asarray(block.conv1.kernel[...]), narrow.conv1.out_features)
     weights = []
     for path, value in nnx.to_flat_state(nnx.state(teacher, WEIGHTS)):
         array = value[...]

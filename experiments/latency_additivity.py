@@ -65,10 +65,10 @@ def run(model: str, sets: list[tuple[str, ...]], *, log=None, **options) -> tupl
 
 def format_rows(rows: list[dict]) -> str:
     width = max(len(r["drop"]) for r in rows)
-    lines = [f"{'drop set':<{width}}  {'measured tau % (IQR)':>20}  {'sum singles %':>13}  {'diff pp':>8}  "
+    lines = [f"{'drop set':<{width}}  {'measured tau % (round IQR)':>20}  {'sum singles %':>13}  {'diff pp':>8}  "
              f"{'FLOP cut %':>10}  {'sum FLOP cuts %':>15}"]
     for r in rows:
-        iqr = 100 * (r["tau_q75"] - r["tau_q25"])
+        iqr = 100 * (r["tau_round_q75"] - r["tau_round_q25"])
         lines.append(
             f"{r['drop']:<{width}}  {100 * r['tau_measured']:12.2f} ({iqr:5.2f})  {100 * r['tau_predicted']:13.2f}  "
             f"{100 * r['difference']:8.2f}  {100 * r['flops_tau']:10.2f}  {100 * r['flops_tau_predicted']:15.2f}"

@@ -88,7 +88,7 @@ def measure(teacher: ZooModel, keep: float, *, batch_size: int = 64, time_budget
             cache: latency.Cache | None = None) -> tuple[latency.Setting, latency.Measurement]:
     """Latency of ``filter_prune(teacher, keep)`` timed against ``teacher``, as `latency.profile` times a drop set.
 
-    ``measurement.tau.median`` is the reduction as a fraction; the result is
+    ``measurement.tau`` is the reduction as a fraction; the result is
     cached under the narrowed widths. Weights do not matter for latency, so
     both models are built with random ones.
     """

@@ -23,19 +23,30 @@ runs the teacher (A) and every candidate (B1..Bn) interleaved::
 
     A B1 A B2 A ... A Bn A     (the next round runs the candidates in reverse)
 
-Every candidate call sits between two teacher calls, and its paired ratio
-``t_B / mean(t_A before, t_A after)`` sees the load the teacher saw at the same
-moment, so slow drift cancels. ``tau`` of a candidate is the median over the
-rounds of ``1 - ratio``, with the interquartile range as its spread; a
-latency is the median per-call time with its interquartile range. (The
-reference instead reports the mean of 500 consecutive calls at batch 64.)
+Teacher and candidates are thus sampled over the same stretch of time, so
+slow drift reaches both alike. ``tau`` of a candidate compares the fast ends of
+the two samples::
+
+    tau = 1 - quantile(t_B, FAST_QUANTILE) / quantile(t_A, FAST_QUANTILE)
+
+with every teacher call of the run in ``t_A``. Interference on a shared
+machine only ever adds time, so the fast end of a sample is where it is
+thinnest; the 20th percentile keeps enough calls to be steady. On the 2-vCPU
+reference machine (cifar_resnet56, batch 64, two quiet pairs of 43-44 round
+runs) two runs agreed to 0.59 and 0.70 percentage points at worst over 24
+blocks, where the median of per-round paired ratios (this module's earlier
+estimator) differed by up to 1.05 and 1.61 pp on the same calls
+(``experiments/latency_estimators.py``; ``experiments/README.md``). The
+per-round paired ratio ``1 - t_B / mean(t_A before, t_A after)`` is kept as
+the spread of one round (``tau_round_q25`` / ``tau_round_q75``). A latency is
+the median per-call time with its interquartile range. (The reference instead
+reports the mean of 500 consecutive calls at batch 64.)
 
 The number of rounds is ``repeats`` when given, otherwise as many as fit a
 time budget of ``time_budget_s`` seconds of timed calls *per candidate* (at
 least ``MIN_ROUNDS``): fast devices get many, a 2-core CPU few. The default,
-16 s per candidate, gives about 30 rounds for cifar_resnet56 at batch 64 on one
-pinned core of the reference machine, where a round's tau spreads by ~1.3
-percentage points, so the median is good to ~0.3 pp.
+24 s per candidate, gives about 43 rounds for cifar_resnet56 at batch 64 on one
+pinned core of the reference machine (about 11 minutes for its 24 blocks).
 CPU noise. On a small shared CPU, timing in the process that trains, with
 XLA's thread pool spread over every core, is noisy (per-call spread of several
 percent from scheduling alone). So on a CPU device the calls run by default in
@@ -100,12 +111,13 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 # "wall" is latency. "cpu" is the CPU time of this process (all its threads): on a host shared with other jobs it
 # does not count the time they take from us, so it ranks candidates more stably, but it is work, not latency.
 CLOCKS: dict[str, Clock] = {"wall": time.perf_counter, "cpu": time.process_time}
-DEFAULT_TIME_BUDGET_S = 16.0  # seconds of timed calls per candidate
+DEFAULT_TIME_BUDGET_S = 24.0  # seconds of timed calls per candidate
+FAST_QUANTILE = 0.2  # tau compares this quantile of candidate and teacher call times (see the module docstring)
 DEFAULT_CPU_THREADS = 1  # on CPU: measure in a child process pinned to this many cores (0: in this process)
 MIN_ROUNDS = 5
 DEFAULT_WARMUP = 2  # untimed calls per model; the first after compiling is slow, the last sizes the rounds
 MAX_ROUNDS = 500
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: a candidate's teacher_s holds every teacher call of its run
 
 
 # --------------------------------------------------------------------------- statistics
@@ -152,14 +164,12 @@ class Interleaved:
     """Raw samples of one interleaved run, in seconds.
 
     ``teacher[k]`` are all teacher calls in order; ``candidates[i]`` the calls
-    of candidate i; ``paired_teacher[i][r]`` the mean of the two teacher calls
-    around candidate i's call in round r; ``taus[i][r] = 1 - candidates[i][r]
-    / paired_teacher[i][r]``.
+    of candidate i; ``taus[i][r] = 1 - candidates[i][r] / (mean of the two
+    teacher calls around it)``, candidate i's paired tau in round r.
     """
 
     teacher: tuple[float, ...]
     candidates: tuple[tuple[float, ...], ...]
-    paired_teacher: tuple[tuple[float, ...], ...]
     taus: tuple[tuple[float, ...], ...]
 
 
@@ -206,7 +216,6 @@ def _interleaved_rounds(teacher, candidates, rounds, clock) -> Interleaved:
     return Interleaved(
         teacher=tuple(teacher_times),
         candidates=tuple(tuple(c) for c in cand_times),
-        paired_teacher=tuple(tuple(p) for p in paired),
         taus=taus,
     )
 
@@ -255,7 +264,7 @@ class Setting:
 
 @dataclasses.dataclass(frozen=True)
 class Measurement:
-    """One model's figures: its own calls, the teacher calls paired with them, tau per round (fractions)."""
+    """One model's figures: its own calls, every teacher call of its run, the paired tau of each round (fractions)."""
 
     drop: tuple[str, ...]
     latency_s: tuple[float, ...]
@@ -273,8 +282,16 @@ class Measurement:
         return Spread.of(self.teacher_s)
 
     @property
-    def tau(self) -> Spread:
-        """Latency reduction as a fraction, median and quartiles over paired rounds (0 for the teacher)."""
+    def tau(self) -> float:
+        """Latency reduction as a fraction, from the fast ends of candidate and teacher calls (0 for the reference)."""
+        if not self.taus:  # the reference of its run (the teacher) has no paired rounds
+            return 0.0
+        fast = functools.partial(_quantile, q=FAST_QUANTILE)
+        return 1.0 - fast(sorted(self.latency_s)) / fast(sorted(self.teacher_s))
+
+    @property
+    def round_tau(self) -> Spread:
+        """The paired tau of single rounds: median and quartiles, the scatter behind ``tau``."""
         return Spread.of(self.taus) if self.taus else Spread(0.0, 0.0, 0.0, 0)
 
     @property
@@ -315,11 +332,11 @@ class Profile:
 
     def tau(self, drop: Iterable[str]) -> float:
         """Measured tau of a drop set, as a fraction."""
-        return self.get(drop).tau.median
+        return self.get(drop).tau
 
     def predicted_tau(self, drop: Iterable[str]) -> float | None:
         """Sum of the single-block taus of ``drop`` (the additive model), or None if one is missing."""
-        singles = {m.drop[0]: m.tau.median for m in self.candidates if len(m.drop) == 1}
+        singles = {m.drop[0]: m.tau for m in self.candidates if len(m.drop) == 1}
         drop = tuple(drop)
         if not drop or any(b not in singles for b in drop):
             return None
@@ -334,14 +351,14 @@ class Profile:
         s = self.setting
         rows = []
         for m in (self.teacher, *self.candidates):
-            lat, tlat, tau = m.latency, m.teacher_latency, m.tau
+            lat, tlat, rounds = m.latency, m.teacher_latency, m.round_tau
             predicted = self.predicted_tau(m.drop) if len(m.drop) > 1 else None
             rows.append({
                 "model": s.model, "kind": "teacher" if not m.drop else ("block" if len(m.drop) == 1 else "set"),
                 "drop": "+".join(m.drop), "n_dropped": len(m.drop),
                 "latency_ms": 1e3 * lat.median, "latency_q25_ms": 1e3 * lat.q25, "latency_q75_ms": 1e3 * lat.q75,
                 "teacher_latency_ms": 1e3 * tlat.median,
-                "tau": tau.median, "tau_q25": tau.q25, "tau_q75": tau.q75, "tau_pct": 100 * tau.median,
+                "tau": m.tau, "tau_round_q25": rounds.q25, "tau_round_q75": rounds.q75, "tau_pct": 100 * m.tau,
                 "tau_predicted": predicted, "flops_tau": self.flops_tau(m.drop),
                 "gflops": m.cost.flops / 1e9, "bytes_accessed_mb": m.cost.bytes_accessed / 1e6, "params": m.cost.params,
                 "calls": m.calls, "warmup": s.warmup, "repeats": s.repeats, "clock": s.clock, "cpu_threads": s.cpu_threads,
@@ -358,11 +375,11 @@ def additivity(profile: Profile) -> list[dict]:
         if len(m.drop) < 2:
             continue
         predicted = profile.predicted_tau(m.drop)
-        measured = m.tau
+        rounds = m.round_tau
         rows.append({
             "model": profile.setting.model, "drop": "+".join(m.drop), "n_dropped": len(m.drop),
-            "tau_measured": measured.median, "tau_q25": measured.q25, "tau_q75": measured.q75,
-            "tau_predicted": predicted, "difference": None if predicted is None else measured.median - predicted,
+            "tau_measured": m.tau, "tau_round_q25": rounds.q25, "tau_round_q75": rounds.q75,
+            "tau_predicted": predicted, "difference": None if predicted is None else m.tau - predicted,
             "flops_tau": profile.flops_tau(m.drop),
             "flops_tau_predicted": sum(profile.flops_tau((b,)) for b in m.drop)
             if all(_has(profile, (b,)) for b in m.drop) else None,
@@ -725,27 +742,27 @@ def _measure(setting: Setting, builds: Sequence[Build], *, device, clock, time_b
     raw = run_interleaved(compiled[0].run, [c.run for c in compiled[1:]], rounds, clock)
     reference = compiled[0]
     return [Measurement(reference.drop, raw.teacher, raw.teacher, (), reference.cost)] + [
-        Measurement(c.drop, raw.candidates[i], raw.paired_teacher[i], raw.taus[i], c.cost)
+        Measurement(c.drop, raw.candidates[i], raw.teacher, raw.taus[i], c.cost)
         for i, c in enumerate(compiled[1:])]
 
 
 # --------------------------------------------------------------------------- presentation
 
 def format_table(profile: Profile) -> str:
-    """A plain-text table: latency ms (IQR), tau % (IQR), predicted tau % for sets, GFLOPs, FLOP cut %."""
+    """A plain-text table: latency ms (IQR), tau % (IQR of single rounds), predicted tau % for sets, GFLOPs, FLOP cut %."""
     s = profile.setting
     rounds = sorted({m.calls for m in profile.candidates}) or [profile.teacher.calls]
     header = (f"{s.model} | {s.device} | {s.platform} | jax {s.jax_version} | {s.dtype} | batch {s.batch_size} | "
               f"{s.image_size}px | {s.clock} clock{f' | pinned to {s.cpu_threads} core(s)' if s.cpu_threads else ''} | rounds {'/'.join(map(str, rounds))} (repeats {s.repeats}, warmup {s.warmup})")
     width = max([len("drop")] + [len("+".join(m.drop)) for m in profile.candidates] + [len("(teacher)")])
-    lines = [header, "tau = (lat teacher - lat pruned) / lat teacher, median over paired rounds, shown in %; "
-                     "GFLOPs per call (whole batch), from XLA's cost analysis",
+    lines = [header, f"tau = (lat teacher - lat pruned) / lat teacher from the {100 * FAST_QUANTILE:.0f}th percentiles of their "
+                     "interleaved calls, in % (IQR: paired single rounds); GFLOPs per call (whole batch), from XLA's cost analysis",
              f"{'drop':<{width}}  {'latency ms (IQR)':>18}  {'tau % (IQR)':>15}  {'sum singles %':>13}  "
              f"{'GFLOPs':>9}  {'FLOP cut %':>10}  cached"]
     for m in (profile.teacher, *profile.candidates):
-        lat, tau = m.latency, m.tau
+        lat = m.latency
         predicted = profile.predicted_tau(m.drop) if len(m.drop) > 1 else None
-        tau_text = "-" if not m.drop else f"{100 * tau.median:6.2f} ({100 * tau.iqr:5.2f})"
+        tau_text = "-" if not m.drop else f"{100 * m.tau:6.2f} ({100 * m.round_tau.iqr:5.2f})"
         lines.append(
             f"{'+'.join(m.drop) or '(teacher)':<{width}}  {1e3 * lat.median:10.2f} ({1e3 * lat.iqr:5.2f})  "
             f"{tau_text:>15}  {'' if predicted is None else f'{100 * predicted:6.2f}':>13}  "
@@ -756,7 +773,7 @@ def format_table(profile: Profile) -> str:
 
 CSV_FIELDS = (
     "model", "kind", "drop", "n_dropped", "latency_ms", "latency_q25_ms", "latency_q75_ms", "teacher_latency_ms",
-    "tau", "tau_q25", "tau_q75", "tau_pct", "tau_predicted", "flops_tau", "gflops", "bytes_accessed_mb", "params",
+    "tau", "tau_round_q25", "tau_round_q75", "tau_pct", "tau_predicted", "flops_tau", "gflops", "bytes_accessed_mb", "params",
     "calls", "warmup", "repeats", "clock", "cpu_threads", "device", "device_kind", "platform", "jax_version", "dtype", "batch_size",
     "image_size", "cached",
 )

@@ -203,7 +203,7 @@ def compress(config: CompressConfig, out: str | Path, *, overwrite: bool = False
     def selection_phase():
         if config.method != "filter":
             return {"blocks": _select(config, candidates, scored, taus)}
-        keep, tau = filter_pruning.keep_for_speedup(config.speedup, lambda k: filter_latency(k, config.latency_budget)[1].tau.median)
+        keep, tau = filter_pruning.keep_for_speedup(config.speedup, lambda k: filter_latency(k, config.latency_budget)[1].tau)
         return {"blocks": [], "keep": keep, "tau_search": tau}
 
     selected = run.phase("selection", selection_phase)
@@ -261,7 +261,7 @@ def compress(config: CompressConfig, out: str | Path, *, overwrite: bool = False
             setting, student = measured.setting, measured.get(chosen)
             teacher_ms, predicted = 1e3 * measured.teacher.latency.median, sum(taus[b] for b in chosen) if taus else None
         return {"teacher_ms": teacher_ms, "student_ms": 1e3 * student.latency.median,
-                "tau": student.tau.median, "tau_predicted": predicted,
+                "tau": student.tau, "tau_predicted": predicted,
                 "device": setting.device, "batch_size": setting.batch_size, "dtype": setting.dtype,
                 "jax_version": setting.jax_version}
 

@@ -80,6 +80,19 @@ def test_median_ignores_a_spike():
     assert latency.Spread.of(raw.taus[0]).median == pytest.approx(0.2)
 
 
+def test_tau_compares_the_fast_ends_and_ignores_interference():
+    """Interference only adds time: slow calls of either model must not move tau."""
+    cost = latency.Cost(1.0, 1.0, 1)
+    clean = latency.Measurement(("b",), (8.0,) * 10, (10.0,) * 20, (0.2,) * 10, cost)
+    disturbed = latency.Measurement(("b",), (8.0,) * 8 + (30.0, 12.0), (10.0,) * 16 + (50.0, 20.0, 13.0, 11.0), (0.2,) * 10, cost)
+    assert clean.tau == pytest.approx(0.2) and disturbed.tau == pytest.approx(0.2)
+    assert latency.Measurement((), (10.0,) * 3, (10.0,) * 3, (), cost).tau == 0.0  # the reference: no paired rounds
+    assert latency.Measurement((), (8.0,) * 3, (10.0,) * 3, (0.2,) * 3, cost).tau == pytest.approx(0.2)  # a filter-pruned student
+    # with 6 of 10 candidate calls slowed, its median latency moves but the fast fifth still holds the true ratio
+    slow = latency.Measurement(("b",), (8.0,) * 4 + (30.0,) * 6, (10.0,) * 20, (0.2,) * 10, cost)
+    assert slow.tau == pytest.approx(0.2) and slow.latency.median == 30.0
+
+
 def test_gc_is_restored_after_timing():
     import gc
 
@@ -132,7 +145,7 @@ def test_profile_every_single_block_then_cache(tmp_path):
     droppable = ("layer1.1", "layer1.2", "layer2.1", "layer2.2", "layer3.1", "layer3.2")
     assert [m.drop for m in result.candidates] == [(b,) for b in droppable]
     assert all(result.tau((b,)) == pytest.approx(1 / 13) for b in droppable)  # 1 s of a 13 s teacher
-    assert result.teacher.tau.median == 0.0 and result.teacher.calls == 3 * 7
+    assert result.teacher.tau == 0.0 and result.teacher.calls == 3 * 7
     assert all(m.calls == 3 for m in result.candidates)
     assert result.flops_tau(("layer1.1",)) == pytest.approx(1 / 13)
     assert len(compiler.compiled) == 7
@@ -141,7 +154,7 @@ def test_profile_every_single_block_then_cache(tmp_path):
     again, compiler2, _ = fake_profile(tmp_path)
     assert compiler2.compiled == []  # nothing built, nothing timed
     assert all(m.cached for m in (again.teacher, *again.candidates))
-    assert [m.tau.median for m in again.candidates] == [m.tau.median for m in result.candidates]
+    assert [m.tau for m in again.candidates] == [m.tau for m in result.candidates]
 
     fresh, compiler3, _ = fake_profile(tmp_path, reuse=False)
     assert len(compiler3.compiled) == 7 and not any(m.cached for m in fresh.candidates)
@@ -239,7 +252,7 @@ def test_profile_tiny_model_end_to_end(tmp_path):
     assert result.setting.device_kind == jax.devices()[0].device_kind
     assert result.setting.jax_version == jax.__version__ and result.setting.clock == "wall"
     for m in (result.teacher, *result.candidates):
-        assert m.latency.median > 0 and math.isfinite(m.tau.median)
+        assert m.latency.median > 0 and math.isfinite(m.tau)
     assert result.flops_tau(["layer1.1", "layer3.2"]) > result.flops_tau(["layer3.2"]) > 0
 
     assert result.setting.cpu_threads == (1 if jax.devices()[0].platform == "cpu" else 0)

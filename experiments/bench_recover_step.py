@@ -1,4 +1,4 @@
-"""One adaptor-training step of ours against the same step in PyTorch, side by side.
+"""Adaptor-training steps of ours against the same steps in PyTorch, side by side.
 
 The step (PRACTISE_SPEC.md section 4.2): teacher and student (teacher minus one
 block, identity 1x1 adaptors around the gap) in eval mode, MSE between their
@@ -9,8 +9,18 @@ adaptor sites; each is warmed up, then timed over ``--steps`` steps, blocking
 until the result is ready. The two sides alternate in ``--rounds`` rounds so
 that drift on a shared machine hits both.
 
+Two comparisons, one CSV row each:
+
+* ``single``, per block of ``--blocks``: one candidate's step. Ours is our
+  scorer's step for one candidate alone (a teacher pass, then the student
+  from its first adapted block); PyTorch's is the reference's (full teacher
+  and student forward, backward to the adaptors).
+* ``lockstep`` (``--lockstep``): one step of *every* droppable candidate, as
+  scoring runs it. Ours: `recoverability.make_lockstep_step`, one teacher pass
+  shared by all candidates; PyTorch: the reference's step once per candidate.
+
     python experiments/bench_recover_step.py --model cifar_resnet56 --blocks layer1.1,layer2.4,layer3.8 \
-        --batch-size 64 --steps 10 --rounds 3 --out experiments/results/bench_recover_step.csv
+        --lockstep --batch-size 64 --steps 10 --rounds 3 --out experiments/results/bench_recover_step.csv
 
 Needs the ``torch`` extra (``pip install torch==2.13.0``). Weights: the real
 checkpoint from ``$PRACTISE_DATA`` (default ../shared/data) when present, else random.
@@ -82,7 +92,8 @@ def torch_student(teacher: nn.Module, block: str, sites) -> tuple[nn.Module, lis
     return student.eval(), params
 
 
-def time_torch(teacher, student, params, x, steps: int) -> float:
+def torch_step(teacher, student, params, x):
+    """The reference's step for one candidate: ``() -> loss``."""
     optimizer = torch.optim.SGD(params, lr=0.02, momentum=0.9, weight_decay=1e-4)
 
     def step():
@@ -94,22 +105,40 @@ def time_torch(teacher, student, params, x, steps: int) -> float:
         optimizer.step()
         return loss.item()
 
-    step()
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - started) / steps
+    return step
 
 
-def time_jax(step_fn, adaptors, opt_state, frozen, teacher_state, images, steps: int) -> float:
+def jax_steps(teacher, candidates, config, views, images):
+    """Our lockstep step of ``candidates``, as ``() -> losses`` with fresh adaptors each time it is built."""
+    optimizers, step = rec.make_lockstep_step(teacher, candidates, config, views)
+    teacher_state = nnx.state(teacher)
+    adaptors = [jax.tree.map(jnp.array, c.adaptors) for c in candidates]
+    state = {"adaptors": adaptors, "opt": [o.init(a) for o, a in zip(optimizers, adaptors)]}
     key = jax.random.key(0)
-    adaptors, opt_state, loss = step_fn(adaptors, opt_state, frozen, teacher_state, images, key)
-    loss.block_until_ready()
+
+    def run():
+        state["adaptors"], state["opt"], losses = step(state["adaptors"], state["opt"], teacher_state, images, key)
+        return jax.block_until_ready(losses)
+
+    return run
+
+
+def seconds_per_step(run, steps: int) -> float:
+    """Seconds per call of ``run`` (blocking) over ``steps`` calls after one warm-up call."""
+    run()
     started = time.perf_counter()
     for _ in range(steps):
-        adaptors, opt_state, loss = step_fn(adaptors, opt_state, frozen, teacher_state, images, key)
-    loss.block_until_ready()
+        run()
     return (time.perf_counter() - started) / steps
+
+
+def compare(ours, theirs, steps: int, rounds: int) -> tuple[float, float]:
+    """Median seconds per step of both sides over alternating rounds."""
+    a, b = [], []
+    for _ in range(rounds):
+        a.append(seconds_per_step(ours, steps))
+        b.append(seconds_per_step(theirs, steps))
+    return statistics.median(a), statistics.median(b)
 
 
 def main(argv=None) -> int:
@@ -119,6 +148,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--lockstep", action="store_true", help="also time one step of every candidate, as scoring runs it")
     parser.add_argument("--out", default=str(REPO / "experiments/results/bench_recover_step.csv"))
     args = parser.parse_args(argv)
     depth = int(args.model.removeprefix("cifar_resnet"))
@@ -134,7 +164,6 @@ def main(argv=None) -> int:
     else:
         jax_teacher = model_zoo.create(args.model)
     jax_teacher.eval()
-    teacher_graphdef, teacher_state = nnx.split(jax_teacher)
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (args.batch_size, 32, 32, 3), dtype=np.uint8)
@@ -142,29 +171,31 @@ def main(argv=None) -> int:
     device_images = jnp.asarray(images)
     config = rec.RecoverConfig(steps=1000, batch_size=args.batch_size)
 
-    rows = []
-    for block in model_zoo.blocks.parse_block_list(args.blocks):
-        candidate = rec.build_candidate(jax_teacher, [block])
-        optimizer, step_fn = rec.make_train_step(teacher_graphdef, candidate, config, views_for(info, 32))
-        adaptors = jax.tree.map(jnp.array, candidate.adaptors)
-        opt_state = optimizer.init(adaptors)
-        student, params = torch_student(torch_teacher, block, candidate.sites)
-        ours, theirs = [], []
-        for _ in range(args.rounds):
-            ours.append(time_jax(step_fn, adaptors, opt_state, candidate.frozen, teacher_state, device_images, args.steps))
-            adaptors = jax.tree.map(jnp.array, candidate.adaptors)
-            opt_state = optimizer.init(adaptors)
-            theirs.append(time_torch(torch_teacher, student, params, x_torch, args.steps))
-        row = {
-            "model": args.model, "block": block, "batch_size": args.batch_size, "steps_per_round": args.steps,
-            "rounds": args.rounds, "jax_s_per_step": statistics.median(ours), "torch_s_per_step": statistics.median(theirs),
-            "speed_ratio_jax_over_torch": statistics.median(theirs) / statistics.median(ours),
+    views = views_for(info, 32)
+
+    def row(kind, blocks, ours, theirs):
+        jax_s, torch_s = compare(ours, theirs, args.steps, args.rounds)
+        line = {
+            "kind": kind, "model": args.model, "block": blocks, "batch_size": args.batch_size, "steps_per_round": args.steps,
+            "rounds": args.rounds, "jax_s_per_step": jax_s, "torch_s_per_step": torch_s,
+            "speed_ratio_jax_over_torch": torch_s / jax_s,
             "jax": jax.__version__, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
         }
-        rows.append(row)
-        print(f"{block:10s} ours {1e3 * row['jax_s_per_step']:7.1f} ms/step   PyTorch {1e3 * row['torch_s_per_step']:7.1f} ms/step   "
-              f"speed ours/PyTorch {row['speed_ratio_jax_over_torch']:.2f}x", flush=True)
+        print(f"{kind:8s} {blocks:10s} ours {1e3 * jax_s:8.1f} ms/step   PyTorch {1e3 * torch_s:8.1f} ms/step   "
+              f"speed ours/PyTorch {line['speed_ratio_jax_over_torch']:.2f}x", flush=True)
+        return line
+
+    rows = []
+    for block in model_zoo.blocks.parse_block_list(args.blocks):
+        candidate = rec.build_candidate(jax_teacher, [block])
+        ours = jax_steps(jax_teacher, [candidate], config, views, device_images)
+        rows.append(row("single", block, ours, torch_step(torch_teacher, *torch_student(torch_teacher, block, candidate.sites), x_torch)))
+    if args.lockstep:
+        candidates = [rec.build_candidate(jax_teacher, [b]) for b in jax_teacher.droppable]
+        ours = jax_steps(jax_teacher, candidates, config, views, device_images)
+        reference = [torch_step(torch_teacher, *torch_student(torch_teacher, c.block, c.sites), x_torch) for c in candidates]
+        rows.append(row("lockstep", f"all {len(candidates)}", ours, lambda: [step() for step in reference]))
     write_csv(rows, args.out)
     print(f"wrote {args.out}")
     return 0

@@ -80,10 +80,22 @@ class ZooModel(nnx.Module):
 
     def block_input(self, x: jax.Array, address: str, mask: jax.Array | None = None) -> jax.Array:
         """The activation entering block ``address``: everything the forward pass computes before it."""
+        return self.block_inputs(x, [address], mask)[address]
+
+    def block_inputs(self, x: jax.Array, addresses: Sequence[str], mask: jax.Array | None = None) -> dict[str, jax.Array]:
+        """The activations entering several blocks, from one pass that stops before the last of them."""
+        wanted = set(addresses)
+        for address in wanted:
+            self._position(address)  # unknown addresses fail here
+        inputs = {}
         x = self.stem(x)
-        for earlier, block in self.residual_blocks()[: self._position(address)]:
-            x = block(x, layers.mask_entry(mask, self.droppable, earlier))
-        return x
+        for address, block in self.residual_blocks():
+            if address in wanted:
+                inputs[address] = x
+                if len(inputs) == len(wanted):
+                    break
+            x = block(x, layers.mask_entry(mask, self.droppable, address))
+        return inputs
 
     def _position(self, address: str) -> int:
         addresses = [a for a, _ in self.residual_blocks()]

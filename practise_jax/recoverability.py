@@ -5,11 +5,17 @@ gap, train *only the adaptors* so the student's ``pre_gap`` features mimic the
 teacher's (MSE, both in eval mode, SGD lr 0.02 momentum 0.9 weight decay 1e-4,
 lr x0.1 every 40% of the steps), then R = the same MSE over the tiny set's
 metric view. Pure functions over (graphdef, state) pytrees; one jit-compiled
-step per candidate.
+update per candidate.
 
-What does not change is computed once: the teacher's metric-view targets
-(shared by every candidate), and within a step the frozen prefix before the
-first adapted block, which teacher and student share.
+What does not change is computed once. The teacher's metric-view targets are
+shared by every candidate. Candidates are trained in lockstep: every
+candidate sees the same batches and augmentation keys, so one teacher pass
+per step gives them all their target and the input of the block where each
+student begins (the frozen prefix before its first adapted block, which
+teacher and student share); each student then runs and backpropagates only
+from there. Per candidate and step that leaves the student's forward and
+backward pass over its adapted part, against a full teacher and student
+pass in the reference.
 """
 
 from __future__ import annotations
@@ -138,35 +144,46 @@ def build_candidate(teacher: ZooModel, blocks: Sequence[str]) -> Candidate:
     return Candidate(",".join(blocks), sites, adaptor_lib.first_adapted_block(student, sites), graphdef, adaptors, frozen)
 
 
-def make_train_step(teacher_graphdef, candidate: Candidate, config: RecoverConfig, views: Views):
-    """One jit-compiled adaptor update: (adaptors, opt_state, ...) -> (adaptors, opt_state, loss)."""
+def make_teacher_pass(teacher_graphdef, starts: Sequence[str], views: Views):
+    """One jit-compiled teacher pass per training step, shared by every candidate trained in lockstep.
+
+    ``(teacher_state, images, key) -> (inputs, target)``: the augmented batch's
+    inputs of blocks ``starts`` (where the candidates' students begin; in
+    forward order) and the teacher's ``pre_gap`` features, its mimic target.
+    """
+    last = starts[-1]
+
+    @jax.jit
+    def teacher_pass(teacher_state, images, key):
+        teacher = nnx.merge(teacher_graphdef, teacher_state)
+        inputs = teacher.block_inputs(views.train(key, images), starts)
+        return inputs, teacher(inputs[last], start=last)[1]["pre_gap"]
+
+    return teacher_pass
+
+
+def make_update(candidate: Candidate, config: RecoverConfig):
+    """One jit-compiled adaptor update from a teacher pass: ``(adaptors, opt_state, frozen, h, target) -> (adaptors, opt_state, loss)``."""
     optimizer = step_decay_sgd(config)
-    start = candidate.start
 
     def loss_fn(adaptors, frozen, h, target):
-        _, features = nnx.merge(candidate.graphdef, adaptors, frozen)(h, start=start)
+        _, features = nnx.merge(candidate.graphdef, adaptors, frozen)(h, start=candidate.start)
         return mse(features["pre_gap"], target)
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def step(adaptors, opt_state, frozen, teacher_state, images, key):
-        teacher = nnx.merge(teacher_graphdef, teacher_state)
-        x = views.train(key, images)
-        h = jax.lax.stop_gradient(teacher.block_input(x, start))
-        target = jax.lax.stop_gradient(teacher(h, start=start)[1]["pre_gap"])
+    def update(adaptors, opt_state, frozen, h, target):
         loss, grads = jax.value_and_grad(loss_fn)(adaptors, frozen, h, target)
         updates, opt_state = optimizer.update(grads, opt_state, adaptors)
         return optax.apply_updates(adaptors, updates), opt_state, loss
 
-    return optimizer, step
+    return optimizer, update
 
 
-def make_distance(teacher_graphdef, candidate: Candidate, views: Views):
-    """Sum of squared pre_gap differences over a metric batch (divide by the element count for MSE)."""
+def make_distance(candidate: Candidate):
+    """Sum of squared pre_gap differences over a metric batch, from the batch's input of ``candidate.start``."""
 
     @jax.jit
-    def distance(adaptors, frozen, teacher_state, images, target):
-        teacher = nnx.merge(teacher_graphdef, teacher_state)
-        h = teacher.block_input(views.eval(images), candidate.start)
+    def distance(adaptors, frozen, h, target):
         _, features = nnx.merge(candidate.graphdef, adaptors, frozen)(h, start=candidate.start)
         return jnp.sum(jnp.square(features["pre_gap"] - target))
 
@@ -181,57 +198,107 @@ def teacher_targets(teacher: ZooModel, images: np.ndarray, views: Views, batch_s
     return [forward(state, images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
 
 
-def metric_distance(distance, adaptors, frozen, teacher_state, images: np.ndarray, targets, batch_size: int) -> float:
-    """Element-wise MSE over the whole metric set (= the reference's batch-weighted mean of batch MSEs)."""
-    total = sum(float(distance(adaptors, frozen, teacher_state, images[i:i + batch_size], t))
-                for i, t in zip(range(0, len(images), batch_size), targets))
-    return total / sum(t.size for t in targets)
+def make_metric(teacher: ZooModel, candidates: Sequence[Candidate], images: np.ndarray, views: Views, targets,
+                batch_size: int):
+    """``adaptors per candidate -> MSE per candidate`` over the whole metric set (element-wise, as the reference's
+    batch-weighted mean of batch MSEs). Each metric batch goes through the teacher's prefix once for all candidates."""
+    graphdef, state = nnx.split(teacher)
+    starts = _forward_order(teacher, {c.start for c in candidates})
+    prefix = jax.jit(lambda state, images: nnx.merge(graphdef, state).block_inputs(views.eval(images), starts))
+    distances = [make_distance(c) for c in candidates]
+    count = sum(t.size for t in targets)
+
+    def metric(adaptors: Sequence[nnx.State]) -> list[float]:
+        totals = [0.0] * len(candidates)
+        for i, target in zip(range(0, len(images), batch_size), targets):
+            inputs = prefix(state, images[i:i + batch_size])
+            for k, (candidate, distance) in enumerate(zip(candidates, distances)):
+                totals[k] += float(distance(adaptors[k], candidate.frozen, inputs[candidate.start], target))
+        return [total / count for total in totals]
+
+    return metric
 
 
-def train_adaptors(teacher: ZooModel, blocks: Sequence[str], images: np.ndarray, views: Views, config: RecoverConfig,
-                   targets=None, progress: bool = True) -> tuple[Candidate, nnx.State, dict]:
-    """Train the adaptors of the student lacking ``blocks``; returns it, its trained adaptors and the figures."""
+def _forward_order(teacher: ZooModel, addresses) -> list[str]:
+    return [a for a, _ in teacher.residual_blocks() if a in addresses]
+
+
+def make_lockstep_step(teacher: ZooModel, candidates: Sequence[Candidate], config: RecoverConfig, views: Views):
+    """One training step of every candidate from one teacher pass.
+
+    Returns the optimizers (one per candidate, for ``init``) and
+    ``step(adaptors, opt_states, teacher_state, images, key) -> (adaptors, opt_states, losses)``, lists in candidate order.
+    """
+    teacher_pass = make_teacher_pass(nnx.graphdef(teacher), _forward_order(teacher, {c.start for c in candidates}), views)
+    optimizers, updates = zip(*(make_update(c, config) for c in candidates))
+
+    def step(adaptors, opt_states, teacher_state, images, key):
+        inputs, target = teacher_pass(teacher_state, images, key)
+        results = [update(a, o, c.frozen, inputs[c.start], target)
+                   for update, a, o, c in zip(updates, adaptors, opt_states, candidates)]
+        return [r[0] for r in results], [r[1] for r in results], [r[2] for r in results]
+
+    return list(optimizers), step
+
+
+def train_lockstep(teacher: ZooModel, drop_sets: Sequence[Sequence[str]], images: np.ndarray, views: Views,
+                   config: RecoverConfig, targets=None, progress: bool = True) -> list[tuple[Candidate, nnx.State, dict]]:
+    """Train the adaptors of one student per drop set, all in step: each augmented batch goes through the teacher once.
+
+    Every student sees the batches and keys it would see alone (they depend on
+    ``config.seed`` only), so this equals training them one at a time; it saves
+    the teacher's pass for all but one. Returns (candidate, trained adaptors,
+    figures) per drop set.
+    """
     teacher.eval()
-    teacher_graphdef, teacher_state = nnx.split(teacher)
+    _, teacher_state = nnx.split(teacher)
     if targets is None:
         targets = teacher_targets(teacher, images, views, config.batch_size)
-    candidate = build_candidate(teacher, blocks)
-    distance = make_distance(teacher_graphdef, candidate, views)
-    raw = metric_distance(distance, candidate.adaptors, candidate.frozen, teacher_state, images, targets, config.batch_size)
+    candidates = [build_candidate(teacher, blocks) for blocks in drop_sets]
+    metric = make_metric(teacher, candidates, images, views, targets, config.batch_size)
+    raw = metric([c.adaptors for c in candidates])
 
-    optimizer, step = make_train_step(teacher_graphdef, candidate, config, views)
-    adaptors = jax.tree.map(jnp.array, candidate.adaptors)  # own copy: the step donates its buffers
-    opt_state = optimizer.init(adaptors)
+    optimizers, step = make_lockstep_step(teacher, candidates, config, views)
+    adaptors = [jax.tree.map(jnp.array, c.adaptors) for c in candidates]  # own copies: the update donates its buffers
+    opt_states = [optimizer.init(a) for optimizer, a in zip(optimizers, adaptors)]
+    losses = [jnp.nan] * len(candidates)
     device_images = jnp.asarray(images)
     batches = batch_indices(len(images), config.batch_size, np.random.RandomState(config.seed))
     keys = jax.random.split(jax.random.key(config.seed), config.steps)
+    names = [c.block for c in candidates]
     started = time.perf_counter()
-    loss = jnp.nan
-    for i in tqdm(range(config.steps), desc=f"recover {candidate.block}", unit="step", disable=not progress, leave=False):
-        adaptors, opt_state, loss = step(adaptors, opt_state, candidate.frozen, teacher_state,
-                                         device_images[next(batches)], keys[i])
-    final_loss = float(loss)
-    if not np.isfinite(final_loss):
-        raise UserError(f"adaptor training of {candidate.block} diverged (loss {final_loss}); lower the learning rate.")
+    for i in tqdm(range(config.steps), desc=f"recover {names[0]}" + (f"..{names[-1]} ({len(names)})" if len(names) > 1 else ""),
+                  unit="step", disable=not progress, leave=False):
+        adaptors, opt_states, losses = step(adaptors, opt_states, teacher_state, device_images[next(batches)], keys[i])
+    losses = [float(loss) for loss in losses]
     train_seconds = time.perf_counter() - started
-    recoverability = metric_distance(distance, adaptors, candidate.frozen, teacher_state, images, targets, config.batch_size)
-    figures = {"recoverability": recoverability, "raw_distance": raw, "final_train_loss": final_loss,
-               "steps": config.steps, "train_seconds": train_seconds}
-    return candidate, adaptors, figures
+    for name, loss in zip(names, losses):
+        if not np.isfinite(loss):
+            raise UserError(f"adaptor training of {name} diverged (loss {loss}); lower the learning rate.")
+    recovered = metric(adaptors)
+    return [(candidate, adaptors[k], {"recoverability": recovered[k], "raw_distance": raw[k], "final_train_loss": losses[k],
+                                      "steps": config.steps, "train_seconds": train_seconds / len(candidates)})
+            for k, candidate in enumerate(candidates)]
+
+
+def recover_lockstep(teacher: ZooModel, blocks: Sequence[str], images: np.ndarray, views: Views, config: RecoverConfig,
+                     targets=None, progress: bool = True) -> list[dict]:
+    """R of each candidate block, the candidates trained in lockstep (`train_lockstep`); one record per block."""
+    trained = train_lockstep(teacher, [[b] for b in blocks], images, views, config, targets, progress)
+    return [{"block": block, **figures, "adaptor_sites": [s.name for s in adaptor_lib.teacher_sites(teacher, block)]}
+            for block, (_, _, figures) in zip(blocks, trained)]  # sites in the teacher's block names
 
 
 def recover(teacher: ZooModel, block: str, images: np.ndarray, views: Views, config: RecoverConfig,
             targets=None, progress: bool = True) -> dict:
     """R of one candidate block: its adaptors trained, the distance before training, timings."""
-    _, _, figures = train_adaptors(teacher, [block], images, views, config, targets, progress)
-    return {"block": block, **figures,
-            "adaptor_sites": [s.name for s in adaptor_lib.teacher_sites(teacher, block)]}  # in the teacher's block names
+    return recover_lockstep(teacher, [block], images, views, config, targets, progress)[0]
 
 
 def recovered_student(teacher: ZooModel, blocks: Sequence[str], images: np.ndarray, views: Views,
                       config: RecoverConfig, progress: bool = True) -> tuple[ZooModel, dict]:
     """The student lacking ``blocks`` with its trained adaptors folded into its convs (a finetune start)."""
-    candidate, adaptors, figures = train_adaptors(teacher, blocks, images, views, config, progress=progress)
+    [(candidate, adaptors, figures)] = train_lockstep(teacher, [blocks], images, views, config, progress=progress)
     student = nnx.merge(candidate.graphdef, adaptors, candidate.frozen)
     return adaptor_lib.fold(student), figures
 
@@ -372,23 +439,31 @@ def score_candidates(teacher: ZooModel, blocks: Sequence[str], images: np.ndarra
                      vmap: bool = False) -> list[dict]:
     """R for every candidate; finished candidates are read back from ``store``.
 
-    ``vmap=True`` trains the candidates that share their first adapted block
-    (a stage) together in one compiled computation; otherwise one at a time.
+    The candidates of a stage are trained together, and stored when they
+    finish: by default in lockstep (`train_lockstep`: one teacher pass per
+    step serves them all, results equal to training them one by one); with
+    ``vmap=True`` in one compiled computation over dynamic block masks
+    (`recover_group`, candidates that share their first adapted block).
     """
     pending = [b for b in blocks if store is None or b not in store]
     done = {b: store.get(b) for b in blocks if store is not None and b in store}
     targets = teacher_targets(teacher, images, views, config.batch_size) if pending else None
-    units = _stages(teacher, pending) if vmap else [[b] for b in pending]
-    for unit in tqdm(units, desc="candidates", unit="group" if vmap else "block", disable=not progress):
-        if vmap:
-            records = recover_group(teacher, unit, images, views, config, targets=targets, progress=progress)
-        else:
-            records = [recover(teacher, unit[0], images, views, config, targets=targets, progress=progress)]
-        for record in records:
+    units = _stages(teacher, pending) if vmap else _groups(pending)
+    recover_unit = recover_group if vmap else recover_lockstep
+    for unit in tqdm(units, desc="candidates", unit="group", disable=not progress):
+        for record in recover_unit(teacher, unit, images, views, config, targets=targets, progress=progress):
             if store is not None:
                 store.put(record["block"], record)
             done[record["block"]] = record
     return [done[b] for b in blocks]
+
+
+def _groups(blocks: Sequence[str]) -> list[list[str]]:
+    """Candidates grouped by stage (``layer2.3`` -> ``layer2``), in order."""
+    groups: dict[str, list[str]] = {}
+    for block in blocks:
+        groups.setdefault(block.rsplit(".", 1)[0], []).append(block)
+    return list(groups.values())
 
 
 def _stages(teacher: ZooModel, blocks: Sequence[str]) -> list[list[str]]:

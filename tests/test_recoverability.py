@@ -81,7 +81,7 @@ def test_resume_recomputes_nothing(teacher, images, tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("a finished candidate was recomputed")
 
-    monkeypatch.setattr(rec, "recover", fail)
+    monkeypatch.setattr(rec, "recover_lockstep", fail)
     again = rec.score_candidates(teacher, ["layer1.1", "layer3.1"], images, VIEWS, CONFIG,
                                  ResultsStore(tmp_path / "r.jsonl", settings), progress=False)
     assert [r["recoverability"] for r in again] == [r["recoverability"] for r in first]
@@ -104,6 +104,28 @@ def test_store_refuses_other_settings_and_survives_a_cut_line(tmp_path):
 def test_zero_steps_is_refused():
     with pytest.raises(UserError, match="at least 1 step"):
         rec.RecoverConfig(steps=0)
+
+
+def test_lockstep_training_equals_one_at_a_time(teacher, images):
+    """Candidates of different stages share one teacher pass per step and still get their solo results."""
+    blocks = ["layer1.1", "layer2.1", "layer3.1"]
+    one = [rec.recover(teacher, b, images, VIEWS, CONFIG, progress=False) for b in blocks]
+    together = rec.recover_lockstep(teacher, blocks, images, VIEWS, CONFIG, progress=False)
+    for a, b in zip(one, together):
+        assert a["block"] == b["block"] and a["adaptor_sites"] == b["adaptor_sites"]
+        assert b["raw_distance"] == pytest.approx(a["raw_distance"], rel=1e-5)
+        assert b["recoverability"] == pytest.approx(a["recoverability"], rel=1e-4)
+        assert b["final_train_loss"] == pytest.approx(a["final_train_loss"], rel=1e-4)
+
+
+def test_block_inputs_of_one_pass_equal_each_block_input(teacher, images):
+    x = VIEWS.eval(images[:4])
+    inputs = teacher.block_inputs(x, ["layer3.1", "layer1.1", "layer2.0"])
+    assert sorted(inputs) == ["layer1.1", "layer2.0", "layer3.1"]
+    for address, h in inputs.items():
+        np.testing.assert_array_equal(np.asarray(h), np.asarray(teacher.block_input(x, address)))
+    with pytest.raises(ValueError, match="no residual block"):
+        teacher.block_inputs(x, ["layer9.1"])
 
 
 def test_vmapped_scoring_equals_one_at_a_time(teacher, images):

@@ -16,8 +16,9 @@ Two comparisons, one CSV row each:
   from its first adapted block); PyTorch's is the reference's (full teacher
   and student forward, backward to the adaptors).
 * ``lockstep`` (``--lockstep``): one step of *every* droppable candidate, as
-  scoring runs it. Ours: `recoverability.make_lockstep_step`, one teacher pass
-  shared by all candidates; PyTorch: the reference's step once per candidate.
+  scoring runs it. Ours: `recoverability.make_lockstep_step` for each stage's
+  candidates, one compiled computation per stage with one teacher pass shared
+  by its candidates; PyTorch: the reference's step once per candidate.
 
     python experiments/bench_recover_step.py --model cifar_resnet56 --blocks layer1.1,layer2.4,layer3.8 \
         --lockstep --batch-size 64 --steps 10 --rounds 3 --out experiments/results/bench_recover_step.csv
@@ -49,6 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the PyTorch reference models live beside the parity tests
 
 import model_zoo  # noqa: E402
+from practise_jax import xla_cpu  # noqa: E402
 from practise_jax import recoverability as rec  # noqa: E402
 from practise_jax.latency import write_csv  # noqa: E402
 from practise_jax.transforms import views_for  # noqa: E402
@@ -110,14 +112,15 @@ def torch_step(teacher, student, params, x):
 
 def jax_steps(teacher, candidates, config, views, images):
     """Our lockstep step of ``candidates``, as ``() -> losses`` with fresh adaptors each time it is built."""
-    optimizers, step = rec.make_lockstep_step(teacher, candidates, config, views)
+    optimizer, step = rec.make_lockstep_step(teacher, candidates, config, views)
     teacher_state = nnx.state(teacher)
     adaptors = [jax.tree.map(jnp.array, c.adaptors) for c in candidates]
-    state = {"adaptors": adaptors, "opt": [o.init(a) for o, a in zip(optimizers, adaptors)]}
+    state = {"adaptors": adaptors, "opt": [optimizer.init(a) for a in adaptors]}
+    frozen = [c.frozen for c in candidates]
     key = jax.random.key(0)
 
     def run():
-        state["adaptors"], state["opt"], losses = step(state["adaptors"], state["opt"], teacher_state, images, key)
+        state["adaptors"], state["opt"], losses = step(state["adaptors"], state["opt"], frozen, teacher_state, images, key)
         return jax.block_until_ready(losses)
 
     return run
@@ -142,6 +145,7 @@ def compare(ours, theirs, steps: int, rounds: int) -> tuple[float, float]:
 
 
 def main(argv=None) -> int:
+    xla_cpu.use_fast_flags()  # as the practise-jax command does; PRACTISE_XLA_DEFAULTS=0 for XLA's own
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="cifar_resnet56")
     parser.add_argument("--blocks", default="layer1.1,layer2.4,layer3.8")
@@ -179,7 +183,7 @@ def main(argv=None) -> int:
             "kind": kind, "model": args.model, "block": blocks, "batch_size": args.batch_size, "steps_per_round": args.steps,
             "rounds": args.rounds, "jax_s_per_step": jax_s, "torch_s_per_step": torch_s,
             "speed_ratio_jax_over_torch": torch_s / jax_s,
-            "jax": jax.__version__, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
         }
         print(f"{kind:8s} {blocks:10s} ours {1e3 * jax_s:8.1f} ms/step   PyTorch {1e3 * torch_s:8.1f} ms/step   "
@@ -191,11 +195,13 @@ def main(argv=None) -> int:
         candidate = rec.build_candidate(jax_teacher, [block])
         ours = jax_steps(jax_teacher, [candidate], config, views, device_images)
         rows.append(row("single", block, ours, torch_step(torch_teacher, *torch_student(torch_teacher, block, candidate.sites), x_torch)))
-    if args.lockstep:
-        candidates = [rec.build_candidate(jax_teacher, [b]) for b in jax_teacher.droppable]
-        ours = jax_steps(jax_teacher, candidates, config, views, device_images)
-        reference = [torch_step(torch_teacher, *torch_student(torch_teacher, c.block, c.sites), x_torch) for c in candidates]
-        rows.append(row("lockstep", f"all {len(candidates)}", ours, lambda: [step() for step in reference]))
+    if args.lockstep:  # the groups scoring trains together (a stage each), one after the other
+        ours, reference = [], []
+        for group in rec.stage_groups(jax_teacher.droppable):
+            candidates = [rec.build_candidate(jax_teacher, [b]) for b in group]
+            ours.append(jax_steps(jax_teacher, candidates, config, views, device_images))
+            reference += [torch_step(torch_teacher, *torch_student(torch_teacher, c.block, c.sites), x_torch) for c in candidates]
+        rows.append(row("lockstep", f"all {len(reference)}", lambda: [run() for run in ours], lambda: [step() for step in reference]))
     write_csv(rows, args.out)
     print(f"wrote {args.out}")
     return 0

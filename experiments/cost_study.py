@@ -30,7 +30,7 @@ import numpy as np
 
 import model_zoo
 from practise_jax import data as data_lib
-from practise_jax import latency, selection
+from practise_jax import latency, selection, xla_cpu
 from practise_jax.latency import write_csv
 from practise_jax.recoverability import RecoverConfig, score_candidates, scoring_settings
 from practise_jax.store import ResultsStore
@@ -60,6 +60,7 @@ def read_score_run(path: str, model: str, shots: int, seed: int, steps: int) -> 
 
 
 def main(argv=None) -> int:
+    xla_cpu.use_fast_flags()  # as the practise-jax command does; PRACTISE_XLA_DEFAULTS=0 for XLA's own
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="cifar_resnet56")
     parser.add_argument("--shots", type=int, default=500)

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import model_zoo
 from cost_study import store_name
-from practise_jax import checkpoint
+from practise_jax import checkpoint, xla_cpu
 from practise_jax.data import load_source
 from practise_jax.evaluate import evaluate
 from practise_jax.latency import write_csv
@@ -196,6 +196,7 @@ def plot(table: list[dict], path: Path) -> None:
 
 
 def main(argv=None) -> int:
+    xla_cpu.use_fast_flags()  # as the practise-jax command does; PRACTISE_XLA_DEFAULTS=0 for XLA's own
     args = parse_args(argv)
     summary_path = Path(args.out).with_name(Path(args.out).stem + "_summary.csv")
     rows = []

@@ -255,6 +255,7 @@ class Setting:
     clock: str = "wall"  # "wall" (latency), "cpu" (process CPU time) or the name of an injected clock
     overrides: tuple[tuple[str, object], ...] = ()  # model constructor overrides (tiny test models)
     cpu_threads: int = 0  # CPU only: cores of the pinned child process that measured (0: the caller's process)
+    xla_flags: str = ""  # CPU only: XLA_FLAGS in force (they change XLA:CPU's kernels; see practise_jax.xla_cpu)
 
     def cache_key(self, drop: Sequence[str]) -> dict:
         key = dataclasses.asdict(self)
@@ -364,6 +365,7 @@ class Profile:
                 "calls": m.calls, "warmup": s.warmup, "repeats": s.repeats, "clock": s.clock, "cpu_threads": s.cpu_threads,
                 "device": s.device, "device_kind": s.device_kind, "platform": s.platform, "jax_version": s.jax_version,
                 "dtype": s.dtype, "batch_size": s.batch_size, "image_size": s.image_size, "cached": m.cached,
+                "xla_flags": s.xla_flags,
             })
         return rows
 
@@ -386,7 +388,7 @@ def additivity(profile: Profile) -> list[dict]:
             "device": profile.setting.device, "dtype": profile.setting.dtype,
             "batch_size": profile.setting.batch_size, "image_size": profile.setting.image_size,
             "jax_version": profile.setting.jax_version, "rounds": m.calls, "clock": profile.setting.clock,
-            "cpu_threads": profile.setting.cpu_threads,
+            "cpu_threads": profile.setting.cpu_threads, "xla_flags": profile.setting.xla_flags,
         })
     return rows
 
@@ -593,6 +595,7 @@ def make_setting(
         device_kind=device.device_kind, device=describe_device(device), jax_version=jax.__version__,
         repeats=str(repeats) if repeats is not None else f"auto:{time_budget_s:g}s", warmup=warmup, overrides=frozen,
         clock=clock, cpu_threads=cpu_threads if device.platform == "cpu" else 0,
+        xla_flags=os.environ.get("XLA_FLAGS", "") if device.platform == "cpu" else "",
     )
 
 
@@ -775,7 +778,7 @@ CSV_FIELDS = (
     "model", "kind", "drop", "n_dropped", "latency_ms", "latency_q25_ms", "latency_q75_ms", "teacher_latency_ms",
     "tau", "tau_round_q25", "tau_round_q75", "tau_pct", "tau_predicted", "flops_tau", "gflops", "bytes_accessed_mb", "params",
     "calls", "warmup", "repeats", "clock", "cpu_threads", "device", "device_kind", "platform", "jax_version", "dtype", "batch_size",
-    "image_size", "cached",
+    "image_size", "cached", "xla_flags",
 )
 
 

@@ -4,8 +4,7 @@ For a candidate B: drop it from the teacher, put identity adaptors around the
 gap, train *only the adaptors* so the student's ``pre_gap`` features mimic the
 teacher's (MSE, both in eval mode, SGD lr 0.02 momentum 0.9 weight decay 1e-4,
 lr x0.1 every 40% of the steps), then R = the same MSE over the tiny set's
-metric view. Pure functions over (graphdef, state) pytrees; one jit-compiled
-update per candidate.
+metric view. Pure functions over (graphdef, state) pytrees.
 
 What does not change is computed once. The teacher's metric-view targets are
 shared by every candidate. Candidates are trained in lockstep: every
@@ -15,7 +14,9 @@ student begins (the frozen prefix before its first adapted block, which
 teacher and student share); each student then runs and backpropagates only
 from there. Per candidate and step that leaves the student's forward and
 backward pass over its adapted part, against a full teacher and student
-pass in the reference.
+pass in the reference. A group's step (a stage's candidates) is one compiled
+computation, whose independent per-candidate parts XLA runs side by side on
+the cores (with `practise_jax.xla_cpu`'s flags on a CPU).
 """
 
 from __future__ import annotations
@@ -144,50 +145,40 @@ def build_candidate(teacher: ZooModel, blocks: Sequence[str]) -> Candidate:
     return Candidate(",".join(blocks), sites, adaptor_lib.first_adapted_block(student, sites), graphdef, adaptors, frozen)
 
 
-def make_teacher_pass(teacher_graphdef, starts: Sequence[str], views: Views):
-    """One jit-compiled teacher pass per training step, shared by every candidate trained in lockstep.
+def _student_features(candidate: Candidate, adaptors, frozen, h):
+    """The student's ``pre_gap`` features from ``h``, the input of its first adapted block."""
+    return nnx.merge(candidate.graphdef, adaptors, frozen)(h, start=candidate.start)[1]["pre_gap"]
 
-    ``(teacher_state, images, key) -> (inputs, target)``: the augmented batch's
-    inputs of blocks ``starts`` (where the candidates' students begin; in
-    forward order) and the teacher's ``pre_gap`` features, its mimic target.
+
+def make_lockstep_step(teacher: ZooModel, candidates: Sequence[Candidate], config: RecoverConfig, views: Views):
+    """One jit-compiled training step of every candidate, from one teacher pass.
+
+    Returns the optimizer (for ``init``) and
+    ``step(adaptors, opt_states, frozen, teacher_state, images, key) -> (adaptors, opt_states, losses)``,
+    lists in candidate order. The teacher pass gives the augmented batch's
+    input of each student's first adapted block and the mimic target; each
+    student then runs and backpropagates from there. The candidates' updates
+    are independent parts of one computation, so XLA can run them side by side.
     """
-    last = starts[-1]
-
-    @jax.jit
-    def teacher_pass(teacher_state, images, key):
-        teacher = nnx.merge(teacher_graphdef, teacher_state)
-        inputs = teacher.block_inputs(views.train(key, images), starts)
-        return inputs, teacher(inputs[last], start=last)[1]["pre_gap"]
-
-    return teacher_pass
-
-
-def make_update(candidate: Candidate, config: RecoverConfig):
-    """One jit-compiled adaptor update from a teacher pass: ``(adaptors, opt_state, frozen, h, target) -> (adaptors, opt_state, loss)``."""
+    teacher_graphdef = nnx.graphdef(teacher)
+    starts = _forward_order(teacher, {c.start for c in candidates})
     optimizer = step_decay_sgd(config)
 
-    def loss_fn(adaptors, frozen, h, target):
-        _, features = nnx.merge(candidate.graphdef, adaptors, frozen)(h, start=candidate.start)
-        return mse(features["pre_gap"], target)
-
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def update(adaptors, opt_state, frozen, h, target):
-        loss, grads = jax.value_and_grad(loss_fn)(adaptors, frozen, h, target)
+    def update(candidate, adaptors, opt_state, frozen, h, target):
+        loss, grads = jax.value_and_grad(lambda a: mse(_student_features(candidate, a, frozen, h), target))(adaptors)
         updates, opt_state = optimizer.update(grads, opt_state, adaptors)
         return optax.apply_updates(adaptors, updates), opt_state, loss
 
-    return optimizer, update
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(adaptors, opt_states, frozen, teacher_state, images, key):
+        teacher = nnx.merge(teacher_graphdef, teacher_state)
+        inputs = teacher.block_inputs(views.train(key, images), starts)
+        target = teacher(inputs[starts[-1]], start=starts[-1])[1]["pre_gap"]
+        results = [update(c, a, o, f, inputs[c.start], target)
+                   for c, a, o, f in zip(candidates, adaptors, opt_states, frozen)]
+        return [r[0] for r in results], [r[1] for r in results], [r[2] for r in results]
 
-
-def make_distance(candidate: Candidate):
-    """Sum of squared pre_gap differences over a metric batch, from the batch's input of ``candidate.start``."""
-
-    @jax.jit
-    def distance(adaptors, frozen, h, target):
-        _, features = nnx.merge(candidate.graphdef, adaptors, frozen)(h, start=candidate.start)
-        return jnp.sum(jnp.square(features["pre_gap"] - target))
-
-    return distance
+    return optimizer, step
 
 
 def teacher_targets(teacher: ZooModel, images: np.ndarray, views: Views, batch_size: int) -> list[jax.Array]:
@@ -201,44 +192,30 @@ def teacher_targets(teacher: ZooModel, images: np.ndarray, views: Views, batch_s
 def make_metric(teacher: ZooModel, candidates: Sequence[Candidate], images: np.ndarray, views: Views, targets,
                 batch_size: int):
     """``adaptors per candidate -> MSE per candidate`` over the whole metric set (element-wise, as the reference's
-    batch-weighted mean of batch MSEs). Each metric batch goes through the teacher's prefix once for all candidates."""
+    batch-weighted mean of batch MSEs). Each metric batch goes through the teacher's prefix once for all candidates,
+    in one compiled computation with every candidate's distance."""
     graphdef, state = nnx.split(teacher)
     starts = _forward_order(teacher, {c.start for c in candidates})
-    prefix = jax.jit(lambda state, images: nnx.merge(graphdef, state).block_inputs(views.eval(images), starts))
-    distances = [make_distance(c) for c in candidates]
+    frozen = [c.frozen for c in candidates]
+
+    @jax.jit
+    def distances(adaptors, frozen, state, images, target):
+        inputs = nnx.merge(graphdef, state).block_inputs(views.eval(images), starts)
+        return jnp.stack([jnp.sum(jnp.square(_student_features(c, a, f, inputs[c.start]) - target))
+                          for c, a, f in zip(candidates, adaptors, frozen)])
+
     count = sum(t.size for t in targets)
 
     def metric(adaptors: Sequence[nnx.State]) -> list[float]:
-        totals = [0.0] * len(candidates)
-        for i, target in zip(range(0, len(images), batch_size), targets):
-            inputs = prefix(state, images[i:i + batch_size])
-            for k, (candidate, distance) in enumerate(zip(candidates, distances)):
-                totals[k] += float(distance(adaptors[k], candidate.frozen, inputs[candidate.start], target))
-        return [total / count for total in totals]
+        totals = sum(np.asarray(distances(list(adaptors), frozen, state, images[i:i + batch_size], target), np.float64)
+                     for i, target in zip(range(0, len(images), batch_size), targets))
+        return [float(total) / count for total in totals]
 
     return metric
 
 
 def _forward_order(teacher: ZooModel, addresses) -> list[str]:
     return [a for a, _ in teacher.residual_blocks() if a in addresses]
-
-
-def make_lockstep_step(teacher: ZooModel, candidates: Sequence[Candidate], config: RecoverConfig, views: Views):
-    """One training step of every candidate from one teacher pass.
-
-    Returns the optimizers (one per candidate, for ``init``) and
-    ``step(adaptors, opt_states, teacher_state, images, key) -> (adaptors, opt_states, losses)``, lists in candidate order.
-    """
-    teacher_pass = make_teacher_pass(nnx.graphdef(teacher), _forward_order(teacher, {c.start for c in candidates}), views)
-    optimizers, updates = zip(*(make_update(c, config) for c in candidates))
-
-    def step(adaptors, opt_states, teacher_state, images, key):
-        inputs, target = teacher_pass(teacher_state, images, key)
-        results = [update(a, o, c.frozen, inputs[c.start], target)
-                   for update, a, o, c in zip(updates, adaptors, opt_states, candidates)]
-        return [r[0] for r in results], [r[1] for r in results], [r[2] for r in results]
-
-    return list(optimizers), step
 
 
 def train_lockstep(teacher: ZooModel, drop_sets: Sequence[Sequence[str]], images: np.ndarray, views: Views,
@@ -258,9 +235,10 @@ def train_lockstep(teacher: ZooModel, drop_sets: Sequence[Sequence[str]], images
     metric = make_metric(teacher, candidates, images, views, targets, config.batch_size)
     raw = metric([c.adaptors for c in candidates])
 
-    optimizers, step = make_lockstep_step(teacher, candidates, config, views)
-    adaptors = [jax.tree.map(jnp.array, c.adaptors) for c in candidates]  # own copies: the update donates its buffers
-    opt_states = [optimizer.init(a) for optimizer, a in zip(optimizers, adaptors)]
+    optimizer, step = make_lockstep_step(teacher, candidates, config, views)
+    adaptors = [jax.tree.map(jnp.array, c.adaptors) for c in candidates]  # own copies: the step donates its buffers
+    opt_states = [optimizer.init(a) for a in adaptors]
+    frozen = [c.frozen for c in candidates]
     losses = [jnp.nan] * len(candidates)
     device_images = jnp.asarray(images)
     batches = batch_indices(len(images), config.batch_size, np.random.RandomState(config.seed))
@@ -269,7 +247,7 @@ def train_lockstep(teacher: ZooModel, drop_sets: Sequence[Sequence[str]], images
     started = time.perf_counter()
     for i in tqdm(range(config.steps), desc=f"recover {names[0]}" + (f"..{names[-1]} ({len(names)})" if len(names) > 1 else ""),
                   unit="step", disable=not progress, leave=False):
-        adaptors, opt_states, losses = step(adaptors, opt_states, teacher_state, device_images[next(batches)], keys[i])
+        adaptors, opt_states, losses = step(adaptors, opt_states, frozen, teacher_state, device_images[next(batches)], keys[i])
     losses = [float(loss) for loss in losses]
     train_seconds = time.perf_counter() - started
     for name, loss in zip(names, losses):
@@ -448,7 +426,7 @@ def score_candidates(teacher: ZooModel, blocks: Sequence[str], images: np.ndarra
     pending = [b for b in blocks if store is None or b not in store]
     done = {b: store.get(b) for b in blocks if store is not None and b in store}
     targets = teacher_targets(teacher, images, views, config.batch_size) if pending else None
-    units = _stages(teacher, pending) if vmap else _groups(pending)
+    units = _stages(teacher, pending) if vmap else stage_groups(pending)
     recover_unit = recover_group if vmap else recover_lockstep
     for unit in tqdm(units, desc="candidates", unit="group", disable=not progress):
         for record in recover_unit(teacher, unit, images, views, config, targets=targets, progress=progress):
@@ -458,7 +436,7 @@ def score_candidates(teacher: ZooModel, blocks: Sequence[str], images: np.ndarra
     return [done[b] for b in blocks]
 
 
-def _groups(blocks: Sequence[str]) -> list[list[str]]:
+def stage_groups(blocks: Sequence[str]) -> list[list[str]]:
     """Candidates grouped by stage (``layer2.3`` -> ``layer2``), in order."""
     groups: dict[str, list[str]] = {}
     for block in blocks:

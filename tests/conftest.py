@@ -8,6 +8,9 @@ from pathlib import Path
 import jax
 import pytest
 
+from practise_jax import xla_cpu
+
+xla_cpu.use_fast_flags()  # the kernels users get from the practise-jax command
 jax.config.update("jax_default_matmul_precision", "highest")
 
 REPO = Path(__file__).resolve().parents[1]

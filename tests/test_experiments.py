@@ -11,6 +11,7 @@ sys.path.insert(0, str(EXPERIMENTS))
 
 import cost_study  # noqa: E402
 import main_table  # noqa: E402
+import recoverability_vs_accuracy  # noqa: E402
 
 
 def read_csv(path):
@@ -49,3 +50,28 @@ def test_cost_study_compares_step_counts(tmp_path, shared_data, monkeypatch):
     assert cost_study.main(["--model", "cifar_resnet20", "--shots", "16", "--steps", "2", "--batch-size", "8",
                             "--latency-budget", "0.01", "--reuse", f"2={reused}", "--work", str(tmp_path / "other"), "--out", str(out)]) == 0
     assert read_csv(out)[0]["reused_from"] == str(reused)
+
+
+def test_recoverability_vs_accuracy_correlates_and_resumes(tmp_path, shared_data, monkeypatch):
+    out = tmp_path / "r.csv"
+    args = ["--model", "cifar_resnet20", "--data-dir", str(shared_data),
+            "--train-data", f"npz:{shared_data / 'cifar10' / 'cifar10_train_exact.npz'}", "--test-data", "synthetic:40:10:2",
+            "--prefix", "20", "--shots", "16", "--blocks", "layer1.1,layer2.2,layer3.1", "--recover-steps", "2",
+            "--finetune-steps", "2", "--latency-budget", "0.01", "--work", str(tmp_path / "work"), "--out", str(out)]
+    assert recoverability_vs_accuracy.main(args) == 0
+    rows = read_csv(out)
+    assert [r["block"] for r in rows] == ["layer1.1", "layer2.2", "layer3.1"]
+    for r in rows:
+        assert float(r["recoverability"]) < float(r["raw_distance"])  # trained adaptors recover some of the gap
+        assert 0 <= float(r["class_mean_finetuned"]) <= 100
+    summary = read_csv(tmp_path / "r_summary.csv")
+    assert len(summary) == len(recoverability_vs_accuracy.PREDICTORS) * len(recoverability_vs_accuracy.OUTCOMES)
+    assert all(-1 <= float(s["spearman"]) <= 1 for s in summary)
+    assert (tmp_path / "r.png").stat().st_size > 0
+
+    def fail(*a, **k):
+        raise AssertionError("a finished block was finetuned again")
+
+    monkeypatch.setattr(recoverability_vs_accuracy, "block_outcomes", fail)
+    assert recoverability_vs_accuracy.main(args) == 0
+    assert read_csv(out) == rows

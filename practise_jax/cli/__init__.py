@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from model_zoo.errors import UserError
+from practise_jax import xla_cpu
 from practise_jax.cli import compress_cmd, demo_cmd, eval_cmd, export_cmd, profile_cmd, score_cmd
 
 SUBCOMMANDS = (compress_cmd, score_cmd, profile_cmd, eval_cmd, export_cmd, demo_cmd)
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    xla_cpu.use_fast_flags()  # before anything starts JAX's backends
     args = build_parser().parse_args(argv)
     try:
         return args.run(args) or 0

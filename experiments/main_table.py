@@ -27,12 +27,17 @@ Reduced CPU grid (the one in experiments/README.md):
 
 Writes ``--out`` (one line per run), ``<out>_summary.csv`` (mean and
 standard deviation over seeds per row and tiny-set size) and its plot
-``<out>_summary.png``, rewritten after each run so a partial grid is readable. Real data from ``$PRACTISE_DATA`` (default ../shared/data).
+``<out>_summary.png``, rewritten after each run so a partial grid is readable.
+Lines already in ``--out`` for runs this command does not make (another seed,
+size or row) are kept, so parts of a grid run separately add up in one table;
+the ``device`` column says where each ran. Real data from ``$PRACTISE_DATA``
+(default ../shared/data).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import statistics
@@ -147,6 +152,24 @@ def _teacher(args):
     return _TEACHERS[args.weights]
 
 
+def earlier_runs(path: Path, planned: set[tuple[str, int, int]]) -> list[dict]:
+    """The lines of an earlier ``--out`` whose (row, shots, seed) this command does not run again."""
+    if not path.exists():
+        return []
+    with path.open(newline="") as handle:
+        lines = [{k: _number(v) for k, v in line.items()} for line in csv.DictReader(handle)]
+    return [line for line in lines if (line["row"], line["shots"], line["seed"]) not in planned]
+
+
+def _number(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def aggregate(rows: list[dict]) -> list[dict]:
     """Mean and standard deviation over seeds per (row, shots), with the teacher's figures first."""
     if not rows:
@@ -199,9 +222,14 @@ def main(argv=None) -> int:
     xla_cpu.use_fast_flags()  # as the practise-jax command does; PRACTISE_XLA_DEFAULTS=0 for XLA's own
     args = parse_args(argv)
     summary_path = Path(args.out).with_name(Path(args.out).stem + "_summary.csv")
-    rows = []
-    for seed in (int(s) for s in args.seeds.split(",")):
-        for shots in (int(s) for s in args.shots.split(",")):
+    seeds = [int(s) for s in args.seeds.split(",")]
+    sizes = [int(s) for s in args.shots.split(",")]
+    planned = {(row, shots, seed) for row in args.rows.split(",") for shots in sizes for seed in seeds}
+    rows = earlier_runs(Path(args.out), planned)
+    if rows:
+        print(f"keeping {len(rows)} earlier runs from {args.out}", flush=True)
+    for seed in seeds:
+        for shots in sizes:
             for row in args.rows.split(","):
                 print(f"== {row}, {shots} images, seed {seed}", flush=True)
                 rows.append(run_row(args, row, shots, seed))

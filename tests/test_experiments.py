@@ -37,6 +37,21 @@ def test_main_table_runs_every_row_and_resumes(tmp_path):
     assert read_csv(tmp_path / "table.csv") == rows
 
 
+def test_main_table_keeps_earlier_runs_it_does_not_repeat(tmp_path):
+    """Seeds run by separate commands add up in one table; a repeated run replaces its old line."""
+    def run(seed, accuracy):
+        return {"row": "bp", "shots": 20, "seed": seed, "class_mean": accuracy, "class_mean_teacher": 90.0,
+                "top1_prefix": accuracy, "top1_prefix_teacher": 89.0, "latency_reduction": 0.2, "n_dropped": 2}
+
+    out = tmp_path / "table.csv"
+    main_table.write_csv([run(1, 80.0), run(2, 70.0)], out)
+    kept = main_table.earlier_runs(out, planned={("bp", 20, 2)})
+    assert kept == [run(1, 80.0)]
+    summary = main_table.aggregate(kept + [run(2, 84.0)])
+    assert summary[1]["seeds"] == 2 and summary[1]["class_mean"] == 82.0
+    assert summary[1]["class_mean_std"] == pytest.approx(2.8284271)
+
+
 def test_cost_study_compares_step_counts(tmp_path, shared_data, monkeypatch):
     monkeypatch.setenv("PRACTISE_DATA", str(shared_data))
     out = tmp_path / "cost.csv"

@@ -176,7 +176,8 @@ def aggregate(rows: list[dict]) -> list[dict]:
         return []
     first = rows[0]
     table = [{"row": "teacher", "shots": "", "seeds": "", "class_mean": first["class_mean_teacher"],
-              "top1_prefix": first["top1_prefix_teacher"], "latency_reduction": 0.0, "n_dropped": 0}]
+              "top1_prefix": first["top1_prefix_teacher"], "latency_reduction": 0.0, "n_dropped": 0,
+              **{f"{metric}_std": "" for metric in METRICS}}]  # every column, as the header comes from this line
     for key in dict.fromkeys((r["row"], r["shots"]) for r in rows):
         group = [r for r in rows if (r["row"], r["shots"]) == key]
         line = {"row": key[0], "shots": key[1], "seeds": len(group)}

@@ -31,7 +31,7 @@ def test_main_table_runs_every_row_and_resumes(tmp_path):
     assert rows[0]["finetune"] == "ce" and rows[3]["finetune_start"] == "folded"
     assert rows[2]["dropped"] == rows[3]["dropped"]  # the folded row reuses the practise selection
     summary = read_csv(tmp_path / "table_summary.csv")
-    assert summary[0]["row"] == "teacher" and len(summary) == 5
+    assert summary[0]["row"] == "teacher" and len(summary) == 5 and "class_mean_std" in summary[0]
     # a rerun reads every finished run back
     assert main_table.main(args) == 0
     assert read_csv(tmp_path / "table.csv") == rows

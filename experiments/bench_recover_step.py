@@ -52,6 +52,7 @@ sys.path.insert(0, str(REPO / "tests"))  # the PyTorch reference models live bes
 import model_zoo  # noqa: E402
 from practise_jax import xla_cpu  # noqa: E402
 from practise_jax import recoverability as rec  # noqa: E402
+from practise_jax.cli import run_reporting_errors
 from practise_jax.latency import write_csv  # noqa: E402
 from practise_jax.transforms import views_for  # noqa: E402
 from torch_reference import cifar_resnet  # noqa: E402
@@ -208,4 +209,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_reporting_errors(main, "bench_recover_step"))

@@ -31,6 +31,7 @@ import numpy as np
 import model_zoo
 from practise_jax import data as data_lib
 from practise_jax import latency, selection, xla_cpu
+from practise_jax.cli import run_reporting_errors
 from practise_jax.latency import write_csv
 from practise_jax.recoverability import RecoverConfig, score_candidates, scoring_settings
 from practise_jax.store import ResultsStore
@@ -135,4 +136,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_reporting_errors(main, "cost_study"))

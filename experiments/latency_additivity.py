@@ -25,6 +25,7 @@ from pathlib import Path
 
 from model_zoo.blocks import parse_block_list
 from practise_jax import latency
+from practise_jax.cli import run_reporting_errors
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -109,4 +110,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_reporting_errors(main, "latency_additivity"))

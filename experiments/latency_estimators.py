@@ -25,6 +25,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from practise_jax.cli import run_reporting_errors
 from practise_jax.latency import _quantile, write_csv
 
 QUANTILES = (0.1, 0.2, 0.25, 0.5)
@@ -88,4 +89,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_reporting_errors(main, "latency_estimators"))

@@ -15,6 +15,7 @@ import csv
 import statistics
 import sys
 
+from practise_jax.cli import run_reporting_errors
 from practise_jax.latency import write_csv
 
 SETTING = ("device", "dtype", "batch_size", "image_size", "clock", "cpu_threads", "jax_version")
@@ -72,4 +73,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_reporting_errors(main, "latency_repeatability"))

@@ -47,6 +47,7 @@ from pathlib import Path
 import model_zoo
 from cost_study import store_name
 from practise_jax import checkpoint, xla_cpu
+from practise_jax.cli import run_reporting_errors
 from practise_jax.data import load_source
 from practise_jax.evaluate import evaluate
 from practise_jax.latency import write_csv
@@ -244,4 +245,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_reporting_errors(main, "main_table"))

@@ -34,6 +34,7 @@ import model_zoo
 from cost_study import spearman
 from practise_jax import data as data_lib
 from practise_jax import latency, xla_cpu
+from practise_jax.cli import run_reporting_errors
 from practise_jax.evaluate import evaluate
 from practise_jax.finetune import FinetuneConfig, finetune
 from practise_jax.latency import write_csv
@@ -162,4 +163,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_reporting_errors(main, "recoverability_vs_accuracy"))

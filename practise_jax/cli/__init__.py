@@ -27,13 +27,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     xla_cpu.use_fast_flags()  # before anything starts JAX's backends
     args = build_parser().parse_args(argv)
+    return run_reporting_errors(lambda: args.run(args), f"practise-jax {args.command}")
+
+
+def run_reporting_errors(run, name: str) -> int:
+    """Exit status of ``run()``: a `UserError` ends in one line naming cause and fix, Ctrl-C in a resume hint.
+
+    The command's subcommands and the experiment scripts share it, so none shows a traceback for a user's mistake.
+    """
     try:
-        return args.run(args) or 0
+        return run() or 0
     except UserError as error:
-        print(f"practise-jax {args.command}: error: {error}", file=sys.stderr)
+        print(f"{name}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"practise-jax {args.command}: interrupted; finished work is kept, rerun the same command to resume.", file=sys.stderr)
+        print(f"{name}: interrupted; finished work is kept, rerun the same command to resume.", file=sys.stderr)
         return 130
 
 

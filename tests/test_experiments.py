@@ -94,8 +94,8 @@ def test_recoverability_vs_accuracy_correlates_and_resumes(tmp_path, shared_data
 
 def test_experiment_scripts_report_a_user_error_in_one_line(tmp_path, capsys):
     """The scripts end as the command does: exit 2 and one line naming the cause, no traceback."""
-    args = ["--weights", "random", "--train-data", f"folder:{tmp_path / 'missing'}", "--rows", "bp", "--shots", "5", "--seeds", "1",
-            "--work", str(tmp_path / "work"), "--out", str(tmp_path / "table.csv")]
+    args = ["--weights", "random", "--train-data", f"folder:{tmp_path / 'missing'}", "--rows", "bp",
+            "--shots", "5", "--seeds", "1", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "table.csv")]
     status = main_table.run_reporting_errors(lambda: main_table.main(args), "main_table")
     err = capsys.readouterr().err
     assert status == 2

@@ -15,9 +15,10 @@ it off, and a flag already named in ``XLA_FLAGS`` is left as the user set it.
   independent parts of one computation side by side, which is how a lockstep
   scoring step (one student per candidate) fills the cores.
 
-Effect on a 2-core Xeon (experiments/README.md, "XLA:CPU flags"): the lockstep
-adaptor step of cifar_resnet56's layer1 candidates went from about 515 to 300
-ms per candidate; a finetune step was unchanged within noise.
+Effect on a 2-core Xeon (experiments/README.md, "XLA:CPU flags"): about 370 ->
+300 ms per candidate for the lockstep adaptor step of cifar_resnet56's layer1
+candidates in isolation; within the ~15% run-to-run noise of the PyTorch
+benchmark (1.06x -> 1.11x of PyTorch for all 24); a finetune step unchanged.
 """
 
 from __future__ import annotations

@@ -207,16 +207,16 @@ def plot(table: list[dict], path: Path) -> None:
         xs = [i + k * width for i, name in enumerate(names) if name in found]
         means = [found[name]["class_mean"] for name in names if name in found]
         stds = [found[name]["class_mean_std"] or 0.0 for name in names if name in found]
-        bars = ax.bar(xs, means, width, yerr=stds, label=f"{n} images", capsize=3)
+        bars = ax.bar(xs, means, width, yerr=stds if any(stds) else None, label=f"{n} images", capsize=3)
         ax.bar_label(bars, fmt="%.1f", fontsize=7)
     ax.axhline(table[0]["class_mean"], color="gray", linestyle="--", label="teacher")
     ax.set_xticks([i + width * (len(shots) - 1) / 2 for i in range(len(names))], names, fontsize=8)
     low = min(t["class_mean"] for t in table)
     ax.set_ylim(max(0.0, low - 5), 100)
     ax.set_ylabel("per-class mean accuracy (%)")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: never over a bar
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 

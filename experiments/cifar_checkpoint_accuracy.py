@@ -22,12 +22,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 
 import model_zoo
+from practise_jax.cli import run_reporting_errors
 from practise_jax.data import load_source
 from practise_jax.evaluate import evaluate
 from practise_jax.latency import write_csv
@@ -41,20 +43,27 @@ README_TOP1_PREFIX = {20: 91.64, 32: 92.82, 44: 93.41, 56: 92.72}
 README_CLASS_MEAN_ALL = {20: 92.09, 32: 93.38, 44: 93.89, 56: 93.62}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("PRACTISE_DATA", REPO.parent / "shared" / "data")))
+    parser.add_argument("--depths", default=",".join(map(str, DEPTHS)), help="which checkpoints (default: all four)")
+    parser.add_argument("--limit", type=int, help="only the first N images of each set (a quick check; the results use all)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--out", type=Path, default=OUT)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    depths = [int(d) for d in args.depths.split(",")]
+    if unknown := sorted(set(depths) - set(DEPTHS)):
+        parser.error(f"no checkpoint for depth {unknown}; choose from {', '.join(map(str, DEPTHS))}")
 
     npz = args.data_dir / "cifar10" / "cifar10_test_exact.npz"
     data = load_source(f"npz:{npz}")
     with np.load(npz, allow_pickle=False) as archive:
         prefix = data.take(np.flatnonzero(archive["source"] == 0))
+    if args.limit:
+        data, prefix = data.take(slice(0, args.limit)), prefix.take(slice(0, args.limit))
 
     rows = []
-    for depth in DEPTHS:
+    for depth in depths:
         name = f"cifar_resnet{depth}"
         info = model_zoo.get_info(name)
         known = info.weights[0]
@@ -83,7 +92,8 @@ def main() -> None:
 
     write_csv(rows, args.out)
     print(f"wrote {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_reporting_errors(main, "cifar_checkpoint_accuracy"))

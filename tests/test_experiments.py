@@ -4,14 +4,21 @@ import csv
 import sys
 from pathlib import Path
 
+import jax
 import pytest
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 sys.path.insert(0, str(EXPERIMENTS))
 
+import cifar_checkpoint_accuracy  # noqa: E402
 import cost_study  # noqa: E402
+import latency_additivity  # noqa: E402
+import latency_estimators  # noqa: E402
+import latency_gpu  # noqa: E402
+import latency_repeatability  # noqa: E402
 import main_table  # noqa: E402
 import recoverability_vs_accuracy  # noqa: E402
+from practise_jax.cli import main as cli_main  # noqa: E402
 
 
 def read_csv(path):
@@ -100,3 +107,62 @@ def test_experiment_scripts_report_a_user_error_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert status == 2
     assert err.strip().startswith("main_table: error: image folder") and "Traceback" not in err
+
+
+def test_bench_recover_step_times_both_sides(tmp_path, shared_data, monkeypatch):
+    pytest.importorskip("torch", reason="the benchmark needs the torch extra")
+    import bench_recover_step
+
+    monkeypatch.setenv("PRACTISE_DATA", str(shared_data))
+    out = tmp_path / "bench.csv"
+    assert bench_recover_step.main(["--model", "cifar_resnet20", "--blocks", "layer2.1", "--lockstep", "--batch-size", "2",
+                                    "--steps", "1", "--rounds", "1", "--out", str(out)]) == 0
+    rows = read_csv(out)
+    assert [r["kind"] for r in rows] == ["single", "lockstep"]
+    assert all(float(r["jax_s_per_step"]) > 0 and float(r["torch_s_per_step"]) > 0 for r in rows)
+
+
+def test_two_profiles_feed_repeatability_and_estimators(tmp_path, capsys):
+    runs = []
+    for k in (1, 2):
+        csv_path, cache = tmp_path / f"run{k}.csv", tmp_path / f"cache{k}"
+        assert cli_main(["profile", "--model", "cifar_resnet20", "--batch-size", "1", "--image-size", "8", "--repeats", "2",
+                         "--time-budget", "0.01", "--cpu-threads", "0", "--cache-dir", str(cache), "--out", str(csv_path),
+                         "--quiet"]) == 0
+        runs.append((csv_path, cache))
+    side_by_side = tmp_path / "rep.csv"
+    assert latency_repeatability.main([str(runs[0][0]), str(runs[1][0]), "--out", str(side_by_side)]) == 0
+    assert len(read_csv(side_by_side)) == 6  # cifar_resnet20's droppable blocks
+    agreement = tmp_path / "est.csv"
+    assert latency_estimators.main([str(runs[0][1]), str(runs[1][1]), "--out", str(agreement)]) == 0
+    assert {r["estimator"] for r in read_csv(agreement)} >= {"paired-median", "fast-end q20"}
+    assert "within 1 pp" in capsys.readouterr().out
+
+
+def test_latency_additivity_measures_sets_and_their_blocks(tmp_path):
+    out = tmp_path / "add.csv"
+    assert latency_additivity.main(["--model", "cifar_resnet20", "--batch-size", "1", "--image-size", "8", "--repeats", "1",
+                                    "--time-budget", "0.01", "--cpu-threads", "0", "--sets", "layer1.1,layer2.2",
+                                    "--out", str(out)]) == 0
+    (row,) = read_csv(out)
+    assert row["drop"] == "layer1.1+layer2.2"
+    assert float(row["flops_tau_predicted"]) == pytest.approx(float(row["flops_tau"]), abs=0.01)  # FLOP cuts add up
+
+
+def test_latency_gpu_needs_an_accelerator_or_allow_cpu(tmp_path):
+    if jax.default_backend() == "cpu":
+        with pytest.raises(SystemExit, match="--allow-cpu"):
+            latency_gpu.main(["--configs", "cifar_resnet20:1", "--out-dir", str(tmp_path)])
+    assert latency_gpu.main(["--allow-cpu", "--configs", "cifar_resnet20:1:8", "--dtypes", "float32", "--repeats", "1",
+                             "--time-budget", "0.01", "--no-additivity", "--out-dir", str(tmp_path)]) == 0
+    (written,) = tmp_path.glob("latency_*_cifar_resnet20_b1_8px_float32.csv")
+    assert read_csv(written)[0]["kind"] == "teacher"
+
+
+def test_cifar_checkpoint_accuracy_on_a_few_images(tmp_path, shared_data):
+    out = tmp_path / "acc.csv"
+    assert cifar_checkpoint_accuracy.main(["--data-dir", str(shared_data), "--depths", "20", "--limit", "64",
+                                           "--out", str(out)]) == 0
+    (row,) = read_csv(out)
+    assert row["model"] == "cifar_resnet20" and row["all_images"] == "64" and row["prefix_images"] == "64"
+    assert float(row["top1_prefix"]) > 70  # the real checkpoint, not random weights

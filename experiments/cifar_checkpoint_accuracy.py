@@ -51,9 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
-    depths = [int(d) for d in args.depths.split(",")]
-    if unknown := sorted(set(depths) - set(DEPTHS)):
-        parser.error(f"no checkpoint for depth {unknown}; choose from {', '.join(map(str, DEPTHS))}")
+    known = {str(d): d for d in DEPTHS}
+    if unknown := [d for d in args.depths.split(",") if d not in known]:
+        parser.error(f"no checkpoint for depth {', '.join(unknown)}; choose from {', '.join(known)}")
+    depths = [known[d] for d in args.depths.split(",")]
 
     npz = args.data_dir / "cifar10" / "cifar10_test_exact.npz"
     data = load_source(f"npz:{npz}")

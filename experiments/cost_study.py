@@ -31,7 +31,7 @@ import numpy as np
 import model_zoo
 from practise_jax import data as data_lib
 from practise_jax import latency, selection, xla_cpu
-from practise_jax.cli import run_reporting_errors
+from practise_jax.cli import int_list, run_reporting_errors
 from practise_jax.latency import write_csv
 from practise_jax.recoverability import RecoverConfig, score_candidates, scoring_settings
 from practise_jax.store import ResultsStore
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="cifar_resnet56")
     parser.add_argument("--shots", type=int, default=500)
     parser.add_argument("--seed", type=int, default=2021)
-    parser.add_argument("--steps", default="25,50,100,200")
+    parser.add_argument("--steps", type=int_list, default="25,50,100,200")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--k", type=int, default=5, help="compare the k best blocks of each ranking")
     parser.add_argument("--vmap", action="store_true")
@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     reused = dict(item.split("=", 1) for item in args.reuse)
 
     results = {}
-    for steps in sorted(int(s) for s in args.steps.split(",")):
+    for steps in sorted(args.steps):
         if str(steps) in reused:
             records = read_score_run(reused[str(steps)], args.model, args.shots, args.seed, steps)
             results[steps] = {"records": records, "train_s": sum(r["train_seconds"] for r in records),

@@ -47,7 +47,7 @@ from pathlib import Path
 import model_zoo
 from cost_study import store_name
 from practise_jax import checkpoint, xla_cpu
-from practise_jax.cli import run_reporting_errors
+from practise_jax.cli import int_list, run_reporting_errors
 from practise_jax.data import load_source
 from practise_jax.evaluate import evaluate
 from practise_jax.latency import write_csv
@@ -75,8 +75,8 @@ def parse_args(argv):
     parser.add_argument("--train-data", default=f"npz:{DATA / 'cifar10' / 'cifar10_train_exact.npz'}")
     parser.add_argument("--test-data", default=f"npz:{DATA / 'cifar10' / 'cifar10_test_exact.npz'}")
     parser.add_argument("--prefix", type=int, default=1017, help="top-1 on the first N test images")
-    parser.add_argument("--shots", default="50,500")
-    parser.add_argument("--seeds", default="2021,2022")
+    parser.add_argument("--shots", type=int_list, default="50,500")
+    parser.add_argument("--seeds", type=int_list, default="2021,2022")
     parser.add_argument("--speedup", type=float, default=0.2)
     parser.add_argument("--rows", default=",".join(ROWS))
     parser.add_argument("--recover-steps", type=int, default=50)
@@ -224,8 +224,7 @@ def main(argv=None) -> int:
     xla_cpu.use_fast_flags()  # as the practise-jax command does; PRACTISE_XLA_DEFAULTS=0 for XLA's own
     args = parse_args(argv)
     summary_path = Path(args.out).with_name(Path(args.out).stem + "_summary.csv")
-    seeds = [int(s) for s in args.seeds.split(",")]
-    sizes = [int(s) for s in args.shots.split(",")]
+    seeds, sizes = args.seeds, args.shots
     planned = {(row, shots, seed) for row in args.rows.split(",") for shots in sizes for seed in seeds}
     rows = earlier_runs(Path(args.out), planned)
     if rows:

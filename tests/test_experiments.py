@@ -109,6 +109,15 @@ def test_experiment_scripts_report_a_user_error_in_one_line(tmp_path, capsys):
     assert err.strip().startswith("main_table: error: image folder") and "Traceback" not in err
 
 
+@pytest.mark.parametrize("script, option", [(main_table, "--seeds"), (main_table, "--shots"), (cost_study, "--steps")])
+def test_a_mistyped_number_list_is_a_usage_error(script, option, capsys):
+    with pytest.raises(SystemExit) as stop:
+        script.main([option, "50,five"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    assert "'50,five' is not a comma-separated list of integers" in err and "Traceback" not in err
+
+
 def test_bench_recover_step_times_both_sides(tmp_path, shared_data, monkeypatch):
     pytest.importorskip("torch", reason="the benchmark needs the torch extra")
     import bench_recover_step

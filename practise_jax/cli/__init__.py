@@ -30,6 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     return run_reporting_errors(lambda: args.run(args), f"practise-jax {args.command}")
 
 
+def int_list(text: str) -> list[int]:
+    """An argparse type for comma-separated integers ("50,500"): a typo is a usage error, not a traceback."""
+    try:
+        return [int(item) for item in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of integers (e.g. 50,500)") from None
+
+
 def run_reporting_errors(run, name: str) -> int:
     """Exit status of ``run()``: a `UserError` ends in one line naming cause and fix, Ctrl-C in a resume hint.
 

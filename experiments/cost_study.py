@@ -40,10 +40,20 @@ from practise_jax.transforms import views_for
 REPO = Path(__file__).resolve().parents[1]
 
 
+def average_ranks(values) -> np.ndarray:
+    """Ranks 0..n-1 of ``values``, tied values sharing the mean of their ranks."""
+    values = np.asarray(values, dtype=float)
+    ranks = np.empty(len(values))
+    ranks[np.argsort(values, kind="stable")] = np.arange(len(values))
+    for value in np.unique(values):
+        tied = values == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
 def spearman(a, b) -> float:
-    """Spearman rank correlation of two equally long sequences (no ties expected)."""
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1])
+    """Spearman rank correlation of two equally long sequences (Pearson of the average ranks)."""
+    return float(np.corrcoef(average_ranks(a), average_ranks(b))[0, 1])
 
 
 def store_name(model: str, shots: int, seed: int, steps: int, vmap: bool = False) -> str:

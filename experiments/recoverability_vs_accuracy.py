@@ -29,6 +29,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 
 import model_zoo
 from cost_study import spearman
@@ -83,11 +84,34 @@ def block_outcomes(args, teacher, block, tiny, test, views, config: RecoverConfi
     return {**outcome, **measure(tuned, "finetuned")}
 
 
+def bootstrap_interval(a, b, draws: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of the Spearman of ``a`` and ``b`` over candidates resampled with replacement."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    rng = np.random.default_rng(seed)
+    samples = []
+    for _ in range(draws):
+        pick = rng.integers(0, len(a), len(a))
+        if np.ptp(a[pick]) > 0 and np.ptp(b[pick]) > 0:  # a resample of one repeated value has no ranking
+            samples.append(spearman(a[pick], b[pick]))
+    if not samples:
+        return float("nan"), float("nan")
+    low, high = np.percentile(samples, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def correlations(rows: list[dict]) -> list[dict]:
-    """Spearman of each predictor with each outcome (a good predictor is negative: lower R, higher accuracy)."""
-    return [{"predictor": p, "outcome": o, "candidates": len(rows),
-             "spearman": spearman([r[p] for r in rows], [r[o] for r in rows])}
-            for p in PREDICTORS for o in OUTCOMES]
+    """Spearman of each predictor with each outcome (a good predictor is negative: lower R, higher accuracy).
+
+    With a few dozen candidates one swap moves a coefficient a lot, so each comes with a bootstrap interval.
+    """
+    table = []
+    for p in PREDICTORS:
+        for o in OUTCOMES:
+            a, b = [r[p] for r in rows], [r[o] for r in rows]
+            low, high = bootstrap_interval(a, b)
+            table.append({"predictor": p, "outcome": o, "candidates": len(rows), "spearman": spearman(a, b),
+                          "bootstrap_95_low": low, "bootstrap_95_high": high})
+    return table
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
@@ -157,7 +181,8 @@ def main(argv=None) -> int:
         print(f"{r['block']:10s} {r['recoverability']:9.4f} {r['raw_distance']:9.4f} {r['tau_pct']:6.2f} "
               f"{r['class_mean_dropped']:8.2f} {r['class_mean_adapted']:8.2f} {r['class_mean_finetuned']:9.2f}")
     for s in summary:
-        print(f"Spearman({s['predictor']}, {s['outcome']}) = {s['spearman']:+.3f}")
+        print(f"Spearman({s['predictor']}, {s['outcome']}) = {s['spearman']:+.3f}  "
+              f"(bootstrap 95%: {s['bootstrap_95_low']:+.2f} to {s['bootstrap_95_high']:+.2f})")
     print(f"wrote {args.out}")
     return 0
 

@@ -59,6 +59,13 @@ def test_main_table_keeps_earlier_runs_it_does_not_repeat(tmp_path):
     assert summary[1]["class_mean_std"] == pytest.approx(2.8284271)
 
 
+def test_spearman_gives_tied_values_their_mean_rank():
+    assert cost_study.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert cost_study.spearman([1, 2, 2, 4], [4, 3, 2, 1]) == pytest.approx(-0.9487, abs=1e-4)  # scipy's spearmanr
+    low, high = recoverability_vs_accuracy.bootstrap_interval(range(20), [x + (x % 3) for x in range(20)])
+    assert 0.8 < low <= high <= 1.0
+
+
 def test_cost_study_compares_step_counts(tmp_path, shared_data, monkeypatch):
     monkeypatch.setenv("PRACTISE_DATA", str(shared_data))
     out = tmp_path / "cost.csv"
@@ -89,6 +96,7 @@ def test_recoverability_vs_accuracy_correlates_and_resumes(tmp_path, shared_data
     summary = read_csv(tmp_path / "r_summary.csv")
     assert len(summary) == len(recoverability_vs_accuracy.PREDICTORS) * len(recoverability_vs_accuracy.OUTCOMES)
     assert all(-1 <= float(s["spearman"]) <= 1 for s in summary)
+    assert all(-1 <= float(s["bootstrap_95_low"]) <= float(s["bootstrap_95_high"]) <= 1 for s in summary)
     assert (tmp_path / "r.png").stat().st_size > 0
 
     def fail(*a, **k):

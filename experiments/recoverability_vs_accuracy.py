@@ -12,6 +12,9 @@ It prints and writes the rank correlations (Spearman) of R, R / tau and the raw
 distance with each accuracy, per block in ``--out`` and the correlations in
 ``<out>_summary.csv``, with a scatter plot ``<out>.png``. Resumable: every
 finished block is a line in ``--work``'s stores, the finetune saves its state.
+To use every core, run one process per core with its own ``--blocks`` and the
+same ``--work`` (each pinned with ``taskset``), then once more with all the
+blocks: it reads every finished block back and writes the table.
 
     python experiments/recoverability_vs_accuracy.py --model cifar_resnet20 --shots 500 --seed 2021 \
         --recover-steps 50 --finetune-steps 300 --work runs/r_vs_acc \

@@ -3,6 +3,8 @@
 The first line records the settings the results depend on; reopening with
 other settings is refused (results of different settings must not mix).
 Each later line is one finished record, flushed and fsynced as it is written.
+Several processes may share a store, each writing its own keys (work split over
+cores); a store opened afterwards holds them all.
 """
 
 from __future__ import annotations
@@ -24,11 +26,8 @@ class ResultsStore:
         self.path = Path(path)
         self.settings = json.loads(json.dumps(settings))  # normalised as it will be read back
         self.records: dict[str, dict] = {}
-        if self.path.exists() and self.path.stat().st_size:
+        if (self.path.exists() and self.path.stat().st_size) or not self._create():
             self._read()
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._append({"settings": self.settings})
 
     @staticmethod
     def open_existing(path: str | os.PathLike, settings: dict) -> "ResultsStore":
@@ -37,6 +36,26 @@ class ResultsStore:
         if not path.is_file():
             raise UserError(f"no results at '{path}'; give the recoverability.jsonl of a finished 'practise-jax score' run.")
         return ResultsStore(path, settings)
+
+    def _create(self) -> bool:
+        """Write the settings line as a new store; False if another process made the store first.
+
+        The header appears in one atomic link, so processes sharing a store (candidates split
+        over cores) never both write one; their records are single appended lines.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        draft = self.path.with_name(f".{self.path.name}.{os.getpid()}.draft")
+        draft.write_text(json.dumps({"settings": self.settings}) + "\n")
+        try:
+            os.link(draft, self.path)
+            return True
+        except FileExistsError:
+            if self.path.stat().st_size:
+                return False
+            os.replace(draft, self.path)  # an empty file left by a kill: take its place
+            return True
+        finally:
+            draft.unlink(missing_ok=True)
 
     def _read(self) -> None:
         text = self.path.read_text()

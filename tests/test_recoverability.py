@@ -101,6 +101,24 @@ def test_store_refuses_other_settings_and_survives_a_cut_line(tmp_path):
         ResultsStore(path, {"steps": 8})
 
 
+def test_processes_sharing_a_store_keep_one_settings_line_and_every_record(tmp_path):
+    """Candidates split over cores write one store: the header is made once, each record is kept."""
+    path = tmp_path / "r.jsonl"
+    first, second = ResultsStore(path, {"steps": 4}), ResultsStore(path, {"steps": 4})
+    first.put("layer1.1", {"recoverability": 1.0})
+    second.put("layer1.2", {"recoverability": 2.0})
+    assert [line.startswith('{"settings"') for line in path.read_text().splitlines()] == [True, False, False]
+    assert {"layer1.1", "layer1.2"} <= set(ResultsStore(path, {"steps": 4}).records)
+    late = object.__new__(ResultsStore)  # lost the race: the store appeared after its existence check
+    late.path, late.settings = path, {"steps": 4}
+    assert late._create() is False and path.read_text().count("settings") == 1
+    assert [f.name for f in tmp_path.iterdir()] == ["r.jsonl"]  # no draft left behind
+    empty = tmp_path / "empty.jsonl"
+    empty.touch()  # killed before its first line
+    ResultsStore(empty, {"steps": 4}).put("layer1.1", {"recoverability": 1.0})
+    assert ResultsStore(empty, {"steps": 4}).get("layer1.1")["recoverability"] == 1.0
+
+
 def test_zero_steps_is_refused():
     with pytest.raises(UserError, match="at least 1 step"):
         rec.RecoverConfig(steps=0)

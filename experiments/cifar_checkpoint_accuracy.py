@@ -29,7 +29,7 @@ import jax
 import numpy as np
 
 import model_zoo
-from practise_jax.cli import run_reporting_errors
+from practise_jax.cli import int_list, run_reporting_errors
 from practise_jax.data import load_source
 from practise_jax.evaluate import evaluate
 from practise_jax.latency import write_csv
@@ -46,15 +46,14 @@ README_CLASS_MEAN_ALL = {20: 92.09, 32: 93.38, 44: 93.89, 56: 93.62}
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("PRACTISE_DATA", REPO.parent / "shared" / "data")))
-    parser.add_argument("--depths", default=",".join(map(str, DEPTHS)), help="which checkpoints (default: all four)")
+    parser.add_argument("--depths", type=int_list, default=",".join(map(str, DEPTHS)), help="which checkpoints (default: all four)")
     parser.add_argument("--limit", type=int, help="only the first N images of each set (a quick check; the results use all)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
-    known = {str(d): d for d in DEPTHS}
-    if unknown := [d for d in args.depths.split(",") if d not in known]:
-        parser.error(f"no checkpoint for depth {', '.join(unknown)}; choose from {', '.join(known)}")
-    depths = [known[d] for d in args.depths.split(",")]
+    depths = args.depths
+    if unknown := sorted(set(depths) - set(DEPTHS)):
+        parser.error(f"no checkpoint for depth {unknown}; choose from {', '.join(map(str, DEPTHS))}")
 
     npz = args.data_dir / "cifar10" / "cifar10_test_exact.npz"
     data = load_source(f"npz:{npz}")

@@ -224,13 +224,12 @@ def main(argv=None) -> int:
     xla_cpu.use_fast_flags()  # as the practise-jax command does; PRACTISE_XLA_DEFAULTS=0 for XLA's own
     args = parse_args(argv)
     summary_path = Path(args.out).with_name(Path(args.out).stem + "_summary.csv")
-    seeds, sizes = args.seeds, args.shots
-    planned = {(row, shots, seed) for row in args.rows.split(",") for shots in sizes for seed in seeds}
+    planned = {(row, shots, seed) for row in args.rows.split(",") for shots in args.shots for seed in args.seeds}
     rows = earlier_runs(Path(args.out), planned)
     if rows:
         print(f"keeping {len(rows)} earlier runs from {args.out}", flush=True)
-    for seed in seeds:
-        for shots in sizes:
+    for seed in args.seeds:
+        for shots in args.shots:
             for row in args.rows.split(","):
                 print(f"== {row}, {shots} images, seed {seed}", flush=True)
                 rows.append(run_row(args, row, shots, seed))

@@ -117,7 +117,8 @@ def test_experiment_scripts_report_a_user_error_in_one_line(tmp_path, capsys):
     assert err.strip().startswith("main_table: error: image folder") and "Traceback" not in err
 
 
-@pytest.mark.parametrize("script, option", [(main_table, "--seeds"), (main_table, "--shots"), (cost_study, "--steps")])
+@pytest.mark.parametrize("script, option", [(main_table, "--seeds"), (main_table, "--shots"), (cost_study, "--steps"),
+                                            (cifar_checkpoint_accuracy, "--depths")])
 def test_a_mistyped_number_list_is_a_usage_error(script, option, capsys):
     with pytest.raises(SystemExit) as stop:
         script.main([option, "50,five"])

@@ -87,7 +87,8 @@ def parse_args(argv):
     parser.add_argument("--work", default="runs/main_table")
     parser.add_argument("--out", default=str(REPO / "experiments/results/main_table_cifar_resnet56.csv"))
     args = parser.parse_args(argv)
-    unknown = set(args.rows.split(",")) - set(ROWS)
+    args.rows = args.rows.split(",")
+    unknown = set(args.rows) - set(ROWS)
     if unknown:
         parser.error(f"unknown rows {sorted(unknown)}; choose from {', '.join(ROWS)}")
     return args
@@ -224,13 +225,13 @@ def main(argv=None) -> int:
     xla_cpu.use_fast_flags()  # as the practise-jax command does; PRACTISE_XLA_DEFAULTS=0 for XLA's own
     args = parse_args(argv)
     summary_path = Path(args.out).with_name(Path(args.out).stem + "_summary.csv")
-    planned = {(row, shots, seed) for row in args.rows.split(",") for shots in args.shots for seed in args.seeds}
+    planned = {(row, shots, seed) for row in args.rows for shots in args.shots for seed in args.seeds}
     rows = earlier_runs(Path(args.out), planned)
     if rows:
         print(f"keeping {len(rows)} earlier runs from {args.out}", flush=True)
     for seed in args.seeds:
         for shots in args.shots:
-            for row in args.rows.split(","):
+            for row in args.rows:
                 print(f"== {row}, {shots} images, seed {seed}", flush=True)
                 rows.append(run_row(args, row, shots, seed))
                 write_csv(rows, args.out)

@@ -87,15 +87,20 @@ def block_outcomes(args, teacher, block, tiny, test, views, config: RecoverConfi
     return {**outcome, **measure(tuned, "finetuned")}
 
 
-def bootstrap_interval(a, b, draws: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile interval of the Spearman of ``a`` and ``b`` over candidates resampled with replacement."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+def bootstrap_interval(a, b, draws: int = 2000, seed: int = 0, versus=None) -> tuple[float, float]:
+    """95% percentile interval of the Spearman of ``a`` and ``b`` over candidates resampled with replacement.
+
+    With ``versus`` (another predictor of ``b``), the interval of Spearman(a, b) - Spearman(versus, b) on the
+    same resamples: a paired test of whether ``a`` ranks ``b`` better than ``versus`` does.
+    """
+    columns = [np.asarray(c, dtype=float) for c in (a, b) + (() if versus is None else (versus,))]
     rng = np.random.default_rng(seed)
     samples = []
     for _ in range(draws):
-        pick = rng.integers(0, len(a), len(a))
-        if np.ptp(a[pick]) > 0 and np.ptp(b[pick]) > 0:  # a resample of one repeated value has no ranking
-            samples.append(spearman(a[pick], b[pick]))
+        pick = rng.integers(0, len(columns[0]), len(columns[0]))
+        if all(np.ptp(c[pick]) > 0 for c in columns):  # a resample of one repeated value has no ranking
+            a_, b_ = columns[0][pick], columns[1][pick]
+            samples.append(spearman(a_, b_) - (spearman(columns[2][pick], b_) if versus is not None else 0.0))
     if not samples:
         return float("nan"), float("nan")
     low, high = np.percentile(samples, [2.5, 97.5])
@@ -105,15 +110,23 @@ def bootstrap_interval(a, b, draws: int = 2000, seed: int = 0) -> tuple[float, f
 def correlations(rows: list[dict]) -> list[dict]:
     """Spearman of each predictor with each outcome (a good predictor is negative: lower R, higher accuracy).
 
-    With a few dozen candidates one swap moves a coefficient a lot, so each comes with a bootstrap interval.
+    With a few dozen candidates one swap moves a coefficient a lot, so each comes with a bootstrap interval,
+    and each predictor's difference from the distance without recovery (the criterion R is meant to beat)
+    with a paired one: an interval below zero says it ranks the outcome better than that distance.
     """
     table = []
     for p in PREDICTORS:
         for o in OUTCOMES:
-            a, b = [r[p] for r in rows], [r[o] for r in rows]
+            a, b, distance = [r[p] for r in rows], [r[o] for r in rows], [r["raw_distance"] for r in rows]
             low, high = bootstrap_interval(a, b)
-            table.append({"predictor": p, "outcome": o, "candidates": len(rows), "spearman": spearman(a, b),
-                          "bootstrap_95_low": low, "bootstrap_95_high": high})
+            line = {"predictor": p, "outcome": o, "candidates": len(rows), "spearman": spearman(a, b),
+                    "bootstrap_95_low": low, "bootstrap_95_high": high,
+                    "minus_distance": None, "minus_distance_95_low": None, "minus_distance_95_high": None}
+            if p != "raw_distance":
+                low, high = bootstrap_interval(a, b, versus=distance)
+                line.update(minus_distance=line["spearman"] - spearman(distance, b),
+                            minus_distance_95_low=low, minus_distance_95_high=high)
+            table.append(line)
     return table
 
 
@@ -184,8 +197,11 @@ def main(argv=None) -> int:
         print(f"{r['block']:10s} {r['recoverability']:9.4f} {r['raw_distance']:9.4f} {r['tau_pct']:6.2f} "
               f"{r['class_mean_dropped']:8.2f} {r['class_mean_adapted']:8.2f} {r['class_mean_finetuned']:9.2f}")
     for s in summary:
+        against = ("" if s["minus_distance"] is None else
+                   f"; minus the distance's {s['minus_distance']:+.3f} ({s['minus_distance_95_low']:+.2f} to "
+                   f"{s['minus_distance_95_high']:+.2f})")
         print(f"Spearman({s['predictor']}, {s['outcome']}) = {s['spearman']:+.3f}  "
-              f"(bootstrap 95%: {s['bootstrap_95_low']:+.2f} to {s['bootstrap_95_high']:+.2f})")
+              f"(bootstrap 95%: {s['bootstrap_95_low']:+.2f} to {s['bootstrap_95_high']:+.2f}{against})")
     print(f"wrote {args.out}")
     return 0
 

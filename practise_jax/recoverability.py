@@ -428,7 +428,7 @@ def score_candidates(teacher: ZooModel, blocks: Sequence[str], images: np.ndarra
     targets = teacher_targets(teacher, images, views, config.batch_size) if pending else None
     units = _stages(teacher, pending) if vmap else stage_groups(pending)
     recover_unit = recover_group if vmap else recover_lockstep
-    for unit in tqdm(units, desc="candidates", unit="group", disable=not progress):
+    for unit in tqdm(units, desc="candidates", unit="group", disable=not (progress and units)):
         for record in recover_unit(teacher, unit, images, views, config, targets=targets, progress=progress):
             if store is not None:
                 store.put(record["block"], record)

@@ -64,6 +64,9 @@ def test_spearman_gives_tied_values_their_mean_rank():
     assert cost_study.spearman([1, 2, 2, 4], [4, 3, 2, 1]) == pytest.approx(-0.9487, abs=1e-4)  # scipy's spearmanr
     low, high = recoverability_vs_accuracy.bootstrap_interval(range(20), [x + (x % 3) for x in range(20)])
     assert 0.8 < low <= high <= 1.0
+    better, worse = list(range(20)), [x % 5 for x in range(20)]  # the second predictor ranks the outcome poorly
+    low, high = recoverability_vs_accuracy.bootstrap_interval(better, range(20), versus=worse)
+    assert 0 < low <= high  # paired: the first ranks the outcome better on almost every resample
 
 
 def test_cost_study_compares_step_counts(tmp_path, shared_data, monkeypatch):
@@ -97,6 +100,8 @@ def test_recoverability_vs_accuracy_correlates_and_resumes(tmp_path, shared_data
     assert len(summary) == len(recoverability_vs_accuracy.PREDICTORS) * len(recoverability_vs_accuracy.OUTCOMES)
     assert all(-1 <= float(s["spearman"]) <= 1 for s in summary)
     assert all(-1 <= float(s["bootstrap_95_low"]) <= float(s["bootstrap_95_high"]) <= 1 for s in summary)
+    paired = [s for s in summary if s["predictor"] != "raw_distance"]
+    assert all(-2 <= float(s["minus_distance_95_low"]) <= float(s["minus_distance_95_high"]) <= 2 for s in paired)
     assert (tmp_path / "r.png").stat().st_size > 0
 
     def fail(*a, **k):

@@ -93,14 +93,16 @@ def bootstrap_interval(a, b, draws: int = 2000, seed: int = 0, versus=None) -> t
     With ``versus`` (another predictor of ``b``), the interval of Spearman(a, b) - Spearman(versus, b) on the
     same resamples: a paired test of whether ``a`` ranks ``b`` better than ``versus`` does.
     """
-    columns = [np.asarray(c, dtype=float) for c in (a, b) + (() if versus is None else (versus,))]
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    versus = None if versus is None else np.asarray(versus, dtype=float)
+    ranked = [c for c in (a, b, versus) if c is not None]
     rng = np.random.default_rng(seed)
     samples = []
     for _ in range(draws):
-        pick = rng.integers(0, len(columns[0]), len(columns[0]))
-        if all(np.ptp(c[pick]) > 0 for c in columns):  # a resample of one repeated value has no ranking
-            a_, b_ = columns[0][pick], columns[1][pick]
-            samples.append(spearman(a_, b_) - (spearman(columns[2][pick], b_) if versus is not None else 0.0))
+        pick = rng.integers(0, len(a), len(a))
+        if all(np.ptp(c[pick]) > 0 for c in ranked):  # a resample of one repeated value has no ranking
+            rho = spearman(a[pick], b[pick])
+            samples.append(rho if versus is None else rho - spearman(versus[pick], b[pick]))
     if not samples:
         return float("nan"), float("nan")
     low, high = np.percentile(samples, [2.5, 97.5])
@@ -115,9 +117,10 @@ def correlations(rows: list[dict]) -> list[dict]:
     with a paired one: an interval below zero says it ranks the outcome better than that distance.
     """
     table = []
+    distance = [r["raw_distance"] for r in rows]
     for p in PREDICTORS:
         for o in OUTCOMES:
-            a, b, distance = [r[p] for r in rows], [r[o] for r in rows], [r["raw_distance"] for r in rows]
+            a, b = [r[p] for r in rows], [r[o] for r in rows]
             low, high = bootstrap_interval(a, b)
             line = {"predictor": p, "outcome": o, "candidates": len(rows), "spearman": spearman(a, b),
                     "bootstrap_95_low": low, "bootstrap_95_high": high,

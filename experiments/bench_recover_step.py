@@ -50,10 +50,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the PyTorch reference models live beside the parity tests
 
 import model_zoo  # noqa: E402
-from practise_jax import xla_cpu  # noqa: E402
+from practise_jax import jit_cache, xla_cpu  # noqa: E402
 from practise_jax import recoverability as rec  # noqa: E402
 from practise_jax.cli import run_reporting_errors
 from practise_jax.latency import write_csv  # noqa: E402
+from practise_jax.protocol import parse_block_list  # noqa: E402
 from practise_jax.transforms import views_for  # noqa: E402
 from torch_reference import cifar_resnet  # noqa: E402
 
@@ -73,17 +74,16 @@ class TorchAdaptor(nn.Module):
 
 
 def torch_student(teacher: nn.Module, block: str, sites) -> tuple[nn.Module, list[nn.Parameter]]:
-    """The teacher minus ``block``, with adaptors wrapped around the convs our placement names."""
+    """The teacher with ``block`` replaced by the identity, adaptors wrapped around the convs our placement names."""
     student = copy.deepcopy(teacher)
     stage, index = block.split(".")
-    blocks = list(getattr(student, stage))
-    setattr(student, stage, nn.Sequential(*(b for i, b in enumerate(blocks) if i != int(index))))
+    getattr(student, stage)[int(index)] = nn.Identity()  # kept blocks keep their addresses, as ours do
     params = []
     for site in sites:
-        *parent_path, name = site.path
+        *parent_path, name = site.path.split(".")
         parent = student
         for step in parent_path:
-            parent = parent[step] if isinstance(step, int) else getattr(parent, step)
+            parent = parent[int(step)] if step.isdigit() else getattr(parent, step)
         conv = getattr(parent, name)
         adaptor = TorchAdaptor(conv.in_channels if site.kind == "pre" else conv.out_channels)
         params += list(adaptor.parameters())
@@ -118,10 +118,10 @@ def jax_steps(teacher, candidates, config, views, images):
     adaptors = [jax.tree.map(jnp.array, c.adaptors) for c in candidates]
     state = {"adaptors": adaptors, "opt": [optimizer.init(a) for a in adaptors]}
     frozen = [c.frozen for c in candidates]
-    key = jax.random.key(0)
+    key, index = jax.random.key(0), jnp.arange(len(images))
 
     def run():
-        state["adaptors"], state["opt"], losses = step(state["adaptors"], state["opt"], frozen, teacher_state, images, key)
+        state["adaptors"], state["opt"], losses = step(state["adaptors"], state["opt"], frozen, teacher_state, images, index, key)
         return jax.block_until_ready(losses)
 
     return run
@@ -147,6 +147,7 @@ def compare(ours, theirs, steps: int, rounds: int) -> tuple[float, float]:
 
 def main(argv=None) -> int:
     xla_cpu.use_fast_flags()  # as the practise-jax command does; PRACTISE_XLA_DEFAULTS=0 for XLA's own
+    jit_cache.use_persistent_cache()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="cifar_resnet56")
     parser.add_argument("--blocks", default="layer1.1,layer2.4,layer3.8")
@@ -172,11 +173,12 @@ def main(argv=None) -> int:
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (args.batch_size, 32, 32, 3), dtype=np.uint8)
-    x_torch = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - torch.tensor(info.mean).view(1, 3, 1, 1)) / torch.tensor(info.std).view(1, 3, 1, 1)
+    x_torch = ((torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - torch.tensor(info.mean).view(1, 3, 1, 1))
+               / torch.tensor(info.std).view(1, 3, 1, 1))
     device_images = jnp.asarray(images)
     config = rec.RecoverConfig(steps=1000, batch_size=args.batch_size)
 
-    views = views_for(info, 32)
+    views = views_for(jax_teacher.input_spec, 32)
 
     def row(kind, blocks, ours, theirs):
         jax_s, torch_s = compare(ours, theirs, args.steps, args.rounds)
@@ -192,16 +194,16 @@ def main(argv=None) -> int:
         return line
 
     rows = []
-    for block in model_zoo.blocks.parse_block_list(args.blocks):
+    for block in parse_block_list(args.blocks):
         candidate = rec.build_candidate(jax_teacher, [block])
         ours = jax_steps(jax_teacher, [candidate], config, views, device_images)
         rows.append(row("single", block, ours, torch_step(torch_teacher, *torch_student(torch_teacher, block, candidate.sites), x_torch)))
     if args.lockstep:  # the groups scoring trains together (a stage each), one after the other
         ours, reference = [], []
-        for group in rec.stage_groups(jax_teacher.droppable):
+        for group in rec.groups(jax_teacher, jax_teacher.droppable):
             candidates = [rec.build_candidate(jax_teacher, [b]) for b in group]
             ours.append(jax_steps(jax_teacher, candidates, config, views, device_images))
-            reference += [torch_step(torch_teacher, *torch_student(torch_teacher, c.block, c.sites), x_torch) for c in candidates]
+            reference += [torch_step(torch_teacher, *torch_student(torch_teacher, c.name, c.sites), x_torch) for c in candidates]
         rows.append(row("lockstep", f"all {len(reference)}", lambda: [run() for run in ours], lambda: [step() for step in reference]))
     write_csv(rows, args.out)
     print(f"wrote {args.out}")

@@ -31,7 +31,7 @@ import numpy as np
 import model_zoo
 from practise_jax.cli import int_list, run_reporting_errors
 from practise_jax.data import load_source
-from practise_jax.evaluate import evaluate
+from practise_jax.evaluation import evaluate
 from practise_jax.latency import write_csv
 from practise_jax.transforms import views_for
 
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         known = info.weights[0]
         weights = args.data_dir / "cifar10_resnets" / known.filename
         model = model_zoo.load(name, weights)
-        views = views_for(info, info.input_size)
+        views = views_for(model.input_spec, info.input_size)
         on_prefix = evaluate(model, prefix, views, batch_size=args.batch_size, progress=False)
         on_all = evaluate(model, data, views, batch_size=args.batch_size, progress=False)
         rows.append({

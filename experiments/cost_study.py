@@ -20,7 +20,6 @@ Reads the real checkpoint and CIFAR-10 training images from $PRACTISE_DATA
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -29,13 +28,13 @@ from pathlib import Path
 import numpy as np
 
 import model_zoo
-from practise_jax import data as data_lib
-from practise_jax import latency, selection, xla_cpu
+from practise_jax import defaults, jit_cache, latency, xla_cpu
 from practise_jax.cli import int_list, run_reporting_errors
 from practise_jax.latency import write_csv
+from practise_jax.pipeline import load_inputs
 from practise_jax.recoverability import RecoverConfig, score_candidates, scoring_settings
+from practise_jax.selection import Scores
 from practise_jax.store import ResultsStore
-from practise_jax.transforms import views_for
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,18 +59,18 @@ def store_name(model: str, shots: int, seed: int, steps: int, vmap: bool = False
     return f"{model}_{shots}shots_seed{seed}_{steps}steps{'_vmap' if vmap else ''}.jsonl"
 
 
-def read_score_run(path: str, model: str, shots: int, seed: int, steps: int) -> list[dict]:
-    """The records of a finished score run, checked to match the study's model, shots, seed and steps."""
-    lines = Path(path).read_text().splitlines()
-    settings = json.loads(lines[0])["settings"]
-    wanted = {"model": model, "shots": shots, "seed": seed, "steps": steps}
-    if any(settings.get(k) != v for k, v in wanted.items()):
-        raise SystemExit(f"{path} was scored with {settings}, not {wanted}")
-    return [json.loads(line) for line in lines[1:]]
+def read_score_run(path: str, settings: dict, blocks) -> list[dict]:
+    """The records of a finished score run, which must have the study's teacher, tiny set and settings."""
+    store = ResultsStore.open_existing(path, settings)
+    missing = [b for b in blocks if b not in store]
+    if missing:
+        raise SystemExit(f"{path} lacks candidates {', '.join(missing)}")
+    return [store.get(b) for b in blocks]
 
 
 def main(argv=None) -> int:
     xla_cpu.use_fast_flags()  # as the practise-jax command does; PRACTISE_XLA_DEFAULTS=0 for XLA's own
+    jit_cache.use_persistent_cache()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="cifar_resnet56")
     parser.add_argument("--shots", type=int, default=500)
@@ -80,7 +79,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--k", type=int, default=5, help="compare the k best blocks of each ranking")
     parser.add_argument("--vmap", action="store_true")
-    parser.add_argument("--latency-budget", type=float, default=latency.DEFAULT_TIME_BUDGET_S,
+    parser.add_argument("--latency-budget", type=float, default=defaults.LATENCY_BUDGET_S,
                         help="seconds of timed calls per candidate for tau (picks the cached profile to reuse)")
     parser.add_argument("--reuse", action="append", default=[], metavar="STEPS=JSONL",
                         help="records of a finished 'practise-jax score' run for that step count")
@@ -91,22 +90,20 @@ def main(argv=None) -> int:
     info = model_zoo.get_info(args.model)
     weights = data_dir / "cifar10_resnets" / info.weights[0].filename
     data = f"npz:{data_dir / 'cifar10' / 'cifar10_train_exact.npz'}"
-    teacher = model_zoo.load(args.model, weights)
-    tiny, _ = data_lib.load_tiny_set(data, args.shots, args.seed,
-                                     num_classes=info.num_classes, image_size=info.input_size)
-    views = views_for(info, info.input_size)
+    inputs = load_inputs(args.model, str(weights), data, args.shots, args.seed)  # as compress and score load them
+    teacher, tiny, views = inputs.teacher, inputs.tiny, inputs.views
     reused = dict(item.split("=", 1) for item in args.reuse)
 
     results = {}
     for steps in sorted(args.steps):
+        config = RecoverConfig(steps=steps, batch_size=args.batch_size, seed=args.seed)
+        # keyed as 'practise-jax score' keys its store, so compress --scores-from can reuse it
+        settings = scoring_settings(teacher, tiny.images, views, config)
         if str(steps) in reused:
-            records = read_score_run(reused[str(steps)], args.model, args.shots, args.seed, steps)
+            records = read_score_run(reused[str(steps)], settings, info.droppable)
             results[steps] = {"records": records, "train_s": sum(r["train_seconds"] for r in records),
                               "reused": reused[str(steps)]}
             continue
-        config = RecoverConfig(steps=steps, batch_size=args.batch_size, seed=args.seed)
-        # the store carries the settings of 'practise-jax score', so compress --scores-from can reuse it
-        settings = scoring_settings(args.model, str(weights), data, args.shots, args.seed, config)
         store = ResultsStore(Path(args.work) / store_name(args.model, args.shots, args.seed, steps, args.vmap), settings)
         started = time.perf_counter()
         records = score_candidates(teacher, info.droppable, tiny.images, views, config, store, vmap=args.vmap)
@@ -115,19 +112,20 @@ def main(argv=None) -> int:
                           "train_s": sum(r["train_seconds"] for r in records), "reused": ""}
         print(f"{steps:5d} steps: {results[steps]['train_s']:.0f} s of adaptor training for {len(records)} candidates", flush=True)
 
-    profile = latency.profile(args.model, None, time_budget_s=args.latency_budget, cache=latency.Cache())
-    taus = {b: profile.tau((b,)) for b in info.droppable}
+    profile = latency.profile(teacher, (64, info.input_size, info.input_size, 3), time_budget_s=args.latency_budget,
+                              cache=latency.Cache())
+    taus = profile.tau()
 
     for result in results.values():  # compare candidate by candidate, in architecture order
         result["records"] = sorted(result["records"], key=lambda r: info.droppable.index(r["block"]))
     reference = max(results)
     ref_r = [r["recoverability"] for r in results[reference]["records"]]
-    ref_s = selection.score({r["block"]: r["recoverability"] for r in results[reference]["records"]}, taus)
+    ref_s = Scores.rank({r["block"]: r["recoverability"] for r in results[reference]["records"]}, taus)
     ref_top = {s.block for s in ref_s[:args.k]}
     rows = []
     for steps, result in results.items():
         rs = [r["recoverability"] for r in result["records"]]
-        scored = selection.score({r["block"]: r["recoverability"] for r in result["records"]}, taus)
+        scored = Scores.rank({r["block"]: r["recoverability"] for r in result["records"]}, taus)
         order = {s.block: s.rank for s in scored}
         rows.append({
             "model": args.model, "shots": args.shots, "steps": steps, "candidates": len(rs),

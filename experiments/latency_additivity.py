@@ -23,8 +23,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from model_zoo.blocks import parse_block_list
-from practise_jax import latency
+from flax import nnx
+
+import model_zoo
+from practise_jax import defaults, latency
+from practise_jax.protocol import parse_block_list
 from practise_jax.cli import run_reporting_errors
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -53,14 +56,17 @@ def sets_for(model: str, text: str | None) -> list[tuple[str, ...]]:
     return [parse_block_list(item) for item in SETS[model]]
 
 
-def run(model: str, sets: list[tuple[str, ...]], *, log=None, **options) -> tuple[latency.Profile, list[dict]]:
+def run(model: str, sets: list[tuple[str, ...]], *, batch_size: int, image_size: int | None = None, log=None,
+        **options) -> tuple[latency.Profile, list[dict]]:
     """Profile the blocks of ``sets`` alone and the sets, in one interleaved run; return the additivity rows."""
     singles: list[tuple[str, ...]] = []
     for drop in sets:
         for block in drop:
             if (block,) not in singles:
                 singles.append((block,))
-    result = latency.profile(model, singles + list(sets), log=log, **options)
+    size = image_size or model_zoo.get_info(model).input_size
+    abstract = nnx.eval_shape(lambda: model_zoo.create(model))  # shapes are all a latency needs
+    result = latency.profile(abstract, (batch_size, size, size, 3), singles + list(sets), log=log, **options)
     return result, latency.additivity(result)
 
 
@@ -84,10 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int)
     parser.add_argument("--dtype", default="float32", choices=sorted(latency.DTYPES))
     parser.add_argument("--repeats", type=int)
-    parser.add_argument("--time-budget", type=float, default=latency.DEFAULT_TIME_BUDGET_S)
+    parser.add_argument("--time-budget", type=float, default=defaults.LATENCY_BUDGET_S)
     parser.add_argument("--clock", default="wall", choices=sorted(latency.CLOCKS))
     parser.add_argument("--platform")
-    parser.add_argument("--cpu-threads", type=int, default=latency.DEFAULT_CPU_THREADS,
+    parser.add_argument("--cpu-threads", type=int, default=defaults.LATENCY_CPU_THREADS,
                         help="CPU: cores of the pinned timing process (0: this process, all threads)")
     parser.add_argument("--sets", help="drop sets separated by ';', blocks by ','")
     parser.add_argument("--no-cache", action="store_true", help="remeasure (recommended: singles and sets then share one run)")

@@ -1,8 +1,9 @@
 """Which tau estimator repeats best? Several estimators on the raw calls of two profiles of the same setting.
 
-A profile's cache folder keeps every timed call (``latency_s`` per model, the
-teacher's in its own entry) and each round's paired tau. This recomputes tau
-of every candidate from those raw calls with each estimator, for both runs,
+A profile's cache folder keeps every timed call (``latency_s`` per distinct
+program, the teacher's in its own entry) and each round's paired tau. This
+recomputes tau of every distinct candidate from those raw calls with each
+estimator, for both runs,
 and reports how far the runs disagree (max and median over candidates,
 count within 1 percentage point):
 
@@ -26,20 +27,21 @@ import sys
 from pathlib import Path
 
 from practise_jax.cli import run_reporting_errors
-from practise_jax.latency import _quantile, write_csv
+from practise_jax.latency import quantile, write_csv
 
 QUANTILES = (0.1, 0.2, 0.25, 0.5)
 
 
 def load_run(folder: Path) -> tuple[list[float], dict[str, dict]]:
-    """All teacher calls of a run in order, and each single-block candidate's raw entry by block."""
+    """All teacher calls of a run in order, and each distinct candidate's raw entry by its program."""
     teacher, candidates = None, {}
     for path in sorted(folder.glob("*.json")):
-        value = json.loads(path.read_text())["value"]
-        if not value["drop"]:
+        entry = json.loads(path.read_text())
+        key, value = entry["key"], entry["value"]
+        if key["program"] == key["reference"]:
             teacher = value["latency_s"]
         else:
-            candidates["+".join(value["drop"])] = value
+            candidates[key["program"]] = value
     if teacher is None or not candidates:
         raise SystemExit(f"{folder} holds no profile (a teacher entry and candidates); give a --cache-dir of `practise-jax profile`")
     return teacher, candidates
@@ -57,7 +59,7 @@ def estimates(teacher: list[float], candidates: dict[str, dict], rounds: int | N
         calls = sorted(value["latency_s"][:rounds] if rounds else value["latency_s"])
         out["paired-median"][block] = statistics.median(value["taus"][:rounds] if rounds else value["taus"])
         for q in QUANTILES:
-            out[f"fast-end q{100 * q:.0f}"][block] = 1.0 - _quantile(calls, q) / _quantile(fast_teacher, q)
+            out[f"fast-end q{100 * q:.0f}"][block] = 1.0 - quantile(calls, q) / quantile(fast_teacher, q)
     return out
 
 

@@ -30,12 +30,15 @@ import sys
 from pathlib import Path
 
 import jax
+from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import latency_additivity  # noqa: E402
 
-from model_zoo.errors import UserError  # noqa: E402
-from practise_jax import latency  # noqa: E402
+import model_zoo  # noqa: E402
+from practise_jax import defaults, latency  # noqa: E402
+from practise_jax.errors import UserError  # noqa: E402
+from practise_jax.latency.profile import describe_device  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -74,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), help="model:batch[:image_size] ...")
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=sorted(latency.DTYPES))
     parser.add_argument("--repeats", type=int, help="rounds (default: fit --time-budget)")
-    parser.add_argument("--time-budget", type=float, default=latency.DEFAULT_TIME_BUDGET_S)
+    parser.add_argument("--time-budget", type=float, default=defaults.LATENCY_BUDGET_S)
     parser.add_argument("--no-additivity", action="store_true", help="skip the drop-set additivity runs")
     parser.add_argument("--no-cache", action="store_true")
     parser.add_argument("--allow-cpu", action="store_true", help="run on the CPU when no accelerator is present")
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     device = find_accelerator(args.allow_cpu)
     device_slug = "cpu" if device.platform == "cpu" else slug(device.device_kind)
     out_dir = Path(args.out_dir)
-    print(f"device: {latency.describe_device(device)} ({device.platform}), jax {jax.__version__}")
+    print(f"device: {describe_device(device)} ({device.platform}), jax {jax.__version__}")
     log = lambda message: print(f"[latency_gpu] {message}", file=sys.stderr, flush=True)  # noqa: E731
     options = dict(repeats=args.repeats, time_budget_s=args.time_budget, device=device,
                    cache=latency.Cache(), reuse=not args.no_cache, log=log)
@@ -92,10 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         for config in args.configs:
             model, batch, image = parse_config(config)
             for dtype in args.dtypes:
-                result = latency.profile(model, None, batch_size=batch, image_size=image, dtype=dtype, **options)
+                size = image or model_zoo.get_info(model).input_size
+                abstract = nnx.eval_shape(lambda: model_zoo.create(model))
+                result = latency.profile(abstract, (batch, size, size, 3), dtype=dtype, **options)
                 print(latency.format_table(result), "\n")
-                size = result.setting.image_size
-                latency.write_csv(result.rows(), out_dir / f"latency_{device_slug}_{model}_b{batch}_{size}px_{dtype}.csv")
+                latency.write_csv(latency.rows(result), out_dir / f"latency_{device_slug}_{model}_b{batch}_{size}px_{dtype}.csv")
                 if not args.no_additivity and model in latency_additivity.SETS:
                     _, rows = latency_additivity.run(model, latency_additivity.sets_for(model, None), batch_size=batch,
                                                      image_size=image, dtype=dtype, **options)

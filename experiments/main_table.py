@@ -44,14 +44,13 @@ import statistics
 import sys
 from pathlib import Path
 
-import model_zoo
 from cost_study import store_name
-from practise_jax import checkpoint, xla_cpu
+from practise_jax import checkpoint, jit_cache, xla_cpu
 from practise_jax.cli import int_list, run_reporting_errors
 from practise_jax.data import load_source
-from practise_jax.evaluate import evaluate
+from practise_jax.evaluation import evaluate
 from practise_jax.latency import write_csv
-from practise_jax.pipeline import CompressConfig, compress
+from practise_jax.pipeline import CompressConfig, compress, load_teacher
 from practise_jax.transforms import views_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,6 +82,8 @@ def parse_args(argv):
     parser.add_argument("--finetune-steps", type=int, default=300)
     parser.add_argument("--latency-budget", type=float, default=24.0, help="seconds of timed calls per candidate")
     parser.add_argument("--latency-batch-size", type=int, default=64)
+    parser.add_argument("--tau", help="read single-block tau from this profile CSV (practise-jax profile --out) instead of "
+                                      "measuring it, so rows compare on one profile")
     parser.add_argument("--scores", help="folder of cost_study.py score stores to reuse for the practise row")
     parser.add_argument("--work", default="runs/main_table")
     parser.add_argument("--out", default=str(REPO / "experiments/results/main_table_cifar_resnet56.csv"))
@@ -107,7 +108,7 @@ def run_row(args, row: str, shots: int, seed: int) -> dict:
         model=args.model, weights=None if args.weights == "random" else args.weights, data=args.train_data,
         eval_data=args.test_data, shots=shots, seed=seed, speedup=args.speedup,
         recover_steps=args.recover_steps, finetune_steps=args.finetune_steps, eval_every=args.finetune_steps,
-        latency_budget=args.latency_budget, latency_batch_size=args.latency_batch_size,
+        latency_budget=args.latency_budget, latency_batch_size=args.latency_batch_size, tau_from=args.tau,
         scores_from=scores_from,
         **settings,
     )
@@ -115,9 +116,10 @@ def run_row(args, row: str, shots: int, seed: int) -> dict:
     prefix_file = out / "prefix_accuracy.json"
     if not prefix_file.exists():
         student, _ = checkpoint.load_compressed(out / "student")
-        test = load_source(args.test_data, image_size=model_zoo.get_info(args.model).input_size)
+        spec = _teacher(args).input_spec
+        test = load_source(args.test_data, image_size=spec.size)
         prefix = test.take(slice(0, args.prefix))
-        views = views_for(model_zoo.get_info(args.model), prefix.images.shape[1])
+        views = views_for(spec, prefix.images.shape[1])
         teacher_top1 = evaluate(_teacher(args), prefix, views, progress=False).top1
         prefix_file.write_text(json.dumps({"images": len(prefix), "student": evaluate(student, prefix, views, progress=False).top1,
                                            "teacher": teacher_top1}))
@@ -149,8 +151,7 @@ _TEACHERS: dict = {}
 
 def _teacher(args):
     if args.weights not in _TEACHERS:
-        _TEACHERS[args.weights] = (model_zoo.create(args.model) if args.weights == "random"
-                                   else model_zoo.load(args.model, args.weights))
+        _TEACHERS[args.weights] = load_teacher(args.model, None if args.weights == "random" else args.weights)
     return _TEACHERS[args.weights]
 
 
@@ -223,6 +224,7 @@ def plot(table: list[dict], path: Path) -> None:
 
 def main(argv=None) -> int:
     xla_cpu.use_fast_flags()  # as the practise-jax command does; PRACTISE_XLA_DEFAULTS=0 for XLA's own
+    jit_cache.use_persistent_cache()
     args = parse_args(argv)
     summary_path = Path(args.out).with_name(Path(args.out).stem + "_summary.csv")
     planned = {(row, shots, seed) for row in args.rows for shots in args.shots for seed in args.seeds}

@@ -36,15 +36,15 @@ import numpy as np
 
 import model_zoo
 from cost_study import spearman
-from practise_jax import data as data_lib
-from practise_jax import latency, xla_cpu
+from practise_jax import defaults, jit_cache, latency, xla_cpu
 from practise_jax.cli import run_reporting_errors
-from practise_jax.evaluate import evaluate
-from practise_jax.finetune import FinetuneConfig, finetune
+from practise_jax.evaluation import evaluate
+from practise_jax.finetuning import FinetuneConfig, finetune
 from practise_jax.latency import write_csv
+from practise_jax.pipeline import load_inputs
 from practise_jax.recoverability import RecoverConfig, recovered_student, score_candidates, scoring_settings
 from practise_jax.store import ResultsStore
-from practise_jax.transforms import views_for
+from practise_jax.surgery import drop
 
 REPO = Path(__file__).resolve().parents[1]
 PREDICTORS = ("recoverability", "score", "raw_distance")  # score = R / tau%
@@ -64,7 +64,7 @@ def parse_args(argv):
     parser.add_argument("--recover-steps", type=int, default=50)
     parser.add_argument("--finetune-steps", type=int, default=300)
     parser.add_argument("--blocks", help="only these candidates (comma-separated; default all)")
-    parser.add_argument("--latency-budget", type=float, default=latency.DEFAULT_TIME_BUDGET_S)
+    parser.add_argument("--latency-budget", type=float, default=defaults.LATENCY_BUDGET_S)
     parser.add_argument("--work", default="runs/r_vs_acc")
     parser.add_argument("--out", default=str(REPO / "experiments/results/recoverability_vs_accuracy.csv"))
     return parser.parse_args(argv)
@@ -79,7 +79,7 @@ def block_outcomes(args, teacher, block, tiny, test, views, config: RecoverConfi
                 f"top1_prefix_{tag}": evaluate(model, prefix, views, progress=False).top1}
 
     adapted, _ = recovered_student(teacher, [block], tiny.images, views, config, progress=False)
-    student = model_zoo.prune(teacher, [block])
+    student = drop(teacher, [block])
     outcome = {**measure(student, "dropped"), **measure(adapted, "adapted")}
     tuned, _ = finetune(student, teacher, tiny.images, tiny.labels,
                         FinetuneConfig(steps=args.finetune_steps, seed=args.seed, eval_every=args.finetune_steps),
@@ -157,21 +157,19 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
 def main(argv=None) -> int:
     xla_cpu.use_fast_flags()  # as the practise-jax command does; PRACTISE_XLA_DEFAULTS=0 for XLA's own
+    jit_cache.use_persistent_cache()
     args = parse_args(argv)
     info = model_zoo.get_info(args.model)
     weights = Path(args.data_dir) / "cifar10_resnets" / info.weights[0].filename
-    teacher = model_zoo.load(args.model, weights)
-    tiny, _ = data_lib.load_tiny_set(args.train_data, args.shots, args.seed, num_classes=info.num_classes,
-                                     image_size=info.input_size)
-    test = data_lib.load_source(args.test_data, image_size=info.input_size)
-    views = views_for(info, info.input_size)
+    inputs = load_inputs(args.model, str(weights), args.train_data, args.shots, args.seed, eval_data=args.test_data)
+    teacher, tiny, test, views = inputs.teacher, inputs.tiny, inputs.eval_set, inputs.views
     blocks = args.blocks.split(",") if args.blocks else list(info.droppable)
     work = Path(args.work) / f"{args.model}_{args.shots}shots_seed{args.seed}"
 
-    profile = latency.profile(args.model, None, time_budget_s=args.latency_budget, cache=latency.Cache(),
-                              log=lambda m: print(m, flush=True))
+    profile = latency.profile(teacher, (64, info.input_size, info.input_size, 3), time_budget_s=args.latency_budget,
+                              cache=latency.Cache(), log=lambda m: print(m, flush=True))
     config = RecoverConfig(steps=args.recover_steps, seed=args.seed)
-    settings = scoring_settings(args.model, str(weights), args.train_data, args.shots, args.seed, config)
+    settings = scoring_settings(teacher, tiny.images, views, config)
     scores = {r["block"]: r for r in score_candidates(teacher, blocks, tiny.images, views, config,
                                                       ResultsStore(work / "recoverability.jsonl", settings))}
     finetuned = ResultsStore(work / "accuracy.jsonl", {**settings, "finetune_steps": args.finetune_steps,

@@ -9,14 +9,15 @@ instead of using a downsample conv, so it has no shortcut parameters.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from model_zoo import layers
-from model_zoo.base import BlockLayout, ZooModel
+from model_zoo.base import ZooModel
+from practise_jax.protocol import Stream
 
 STAGES = ("layer1", "layer2", "layer3")
 
@@ -42,54 +43,52 @@ def option_a_shortcut(x: jax.Array, out_ch: int) -> jax.Array:
 
 
 class BasicBlock(nnx.Module):
-    """conv1 -> bn1 -> relu -> conv2 -> bn2, plus the shortcut; ``inner`` channels between the convs
-    (``out_ch`` unless filter pruning narrowed them)."""
+    """conv1 -> bn1 -> relu -> conv2 -> bn2, plus the shortcut, then relu."""
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int, *, inner: int | None = None, dtype, rngs: nnx.Rngs):
-        inner = out_ch if inner is None else inner
-        self.conv1 = layers.conv(in_ch, inner, 3, stride=stride, dtype=dtype, rngs=rngs)
-        self.bn1 = layers.batch_norm(inner, dtype=dtype, rngs=rngs)
-        self.conv2 = layers.conv(inner, out_ch, 3, dtype=dtype, rngs=rngs)
+    inner_channels = ("conv1", "bn1", "conv2")  # filters a filter-pruning baseline may remove
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, *, dtype, rngs: nnx.Rngs):
+        self.conv1 = layers.conv(in_ch, out_ch, 3, stride=stride, dtype=dtype, rngs=rngs)
+        self.bn1 = layers.batch_norm(out_ch, dtype=dtype, rngs=rngs)
+        self.conv2 = layers.conv(out_ch, out_ch, 3, dtype=dtype, rngs=rngs)
         self.bn2 = layers.batch_norm(out_ch, dtype=dtype, rngs=rngs)
         self.reshapes = stride != 1 or in_ch != out_ch
-        self.out_ch = out_ch
+        self.in_ch, self.out_ch = in_ch, out_ch
+        self.stream = Stream(writers=("conv2",), readers=("conv1",), identity=not self.reshapes)
 
-    def __call__(self, x: jax.Array, keep: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array) -> jax.Array:
         y = nnx.relu(self.bn1(self.conv1(x)))
         y = self.bn2(self.conv2(y))
         shortcut = option_a_shortcut(x, self.out_ch) if self.reshapes else x
-        return nnx.relu(layers.gated_residual(shortcut, y, keep))
+        return nnx.relu(shortcut + y)
+
+    def keras(self, b, x, name: str):
+        y = b.relu(b.batch_norm(b.conv(x, self.conv1, f"{name}.conv1"), self.bn1, f"{name}.bn1"), f"{name}.relu1")
+        y = b.batch_norm(b.conv(y, self.conv2, f"{name}.conv2"), self.bn2, f"{name}.bn2")
+        shortcut = x
+        if self.reshapes:  # option A: subsample by 2 (a 1x1 max-pool of stride 2), zero-pad the channels evenly
+            shortcut = b.layers.MaxPooling2D(pool_size=1, strides=2, name=f"{name}.shortcut.subsample")(x)
+            extra = self.out_ch - self.in_ch
+            shortcut = b.channel_pad(shortcut, extra // 2, extra - extra // 2, f"{name}.shortcut")
+        return b.relu(b.add(shortcut, y, f"{name}.add"), f"{name}.relu")
 
 
 class CifarResNet(ZooModel):
-    head = "linear"  # the classifier's attribute
-    def __init__(
-        self,
-        depth: int = 56,
-        *,
-        num_classes: int = 10,
-        widths: Sequence[int] = (16, 32, 64),
-        inner_widths: Sequence[int] | None = None,
-        dropped: Iterable[str] = (),
-        dtype=None,
-        rngs: nnx.Rngs,
-    ):
+    head = "linear"
+
+    def __init__(self, depth: int = 56, *, num_classes: int = 10, widths: Sequence[int] = (16, 32, 64), dtype=None,
+                 rngs: nnx.Rngs):
         all_blocks, droppable = block_addresses(depth)
-        layout = BlockLayout(f"cifar_resnet{depth}", all_blocks, droppable, dropped)
-        self._set_layout(layout)
-        if inner_widths is not None and len(inner_widths) != len(all_blocks):
-            raise ValueError(f"inner_widths needs one width per block of the unpruned network ({len(all_blocks)}), "
-                             f"got {len(inner_widths)}")
-        inner = dict(zip(all_blocks, inner_widths)) if inner_widths is not None else {}
-        origin = iter(layout.origin)
+        self.model_name = f"cifar_resnet{depth}"
+        self.droppable = droppable
+        n = len(all_blocks) // len(STAGES)
         self.conv1 = layers.conv(3, widths[0], 3, dtype=dtype, rngs=rngs)
         self.bn1 = layers.batch_norm(widths[0], dtype=dtype, rngs=rngs)
         in_ch = widths[0]
         for s, (stage, width) in enumerate(zip(STAGES, widths)):
             stage_blocks = []
-            for i in range(layout.count(stage)):
-                stride = 2 if (s > 0 and i == 0) else 1
-                stage_blocks.append(BasicBlock(in_ch, width, stride, inner=inner.get(next(origin)), dtype=dtype, rngs=rngs))
+            for i in range(n):
+                stage_blocks.append(BasicBlock(in_ch, width, 2 if (s > 0 and i == 0) else 1, dtype=dtype, rngs=rngs))
                 in_ch = width
             setattr(self, stage, nnx.List(stage_blocks))
         self.linear = layers.linear(in_ch, num_classes, dtype=dtype, rngs=rngs)
@@ -97,11 +96,17 @@ class CifarResNet(ZooModel):
     def stem(self, x: jax.Array) -> jax.Array:
         return nnx.relu(self.bn1(self.conv1(x)))
 
-    def residual_blocks(self) -> list[tuple[str, BasicBlock]]:
+    def residual_blocks(self) -> list[tuple[str, nnx.Module]]:
         return [(f"{stage}.{i}", block) for stage in STAGES for i, block in enumerate(getattr(self, stage))]
 
     def classify(self, pooled: jax.Array) -> jax.Array:
         return self.linear(pooled)
+
+    def keras(self, b, x):
+        """The Keras graph (`model_zoo.convert.keras_export`): pre-GAP tensor and the classifier."""
+        x = b.relu(b.batch_norm(b.conv(x, self.conv1, "conv1"), self.bn1, "bn1"), "relu")
+        x = b.blocks(self, x)
+        return x, lambda pooled: b.dense(pooled, self.linear, "linear")
 
 
 cifar_resnet20 = functools.partial(CifarResNet, 20)

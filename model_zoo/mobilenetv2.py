@@ -11,13 +11,13 @@ block of each stage, as the reference does (PRACTISE_SPEC.md section 2).
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
 
 import jax
 from flax import nnx
 
 from model_zoo import layers
-from model_zoo.base import BlockLayout, ZooModel
+from model_zoo.base import ZooModel
+from practise_jax.protocol import Stream
 
 # expansion t, output channels c, repeats n, first stride s
 INVERTED_RESIDUAL_SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
@@ -32,8 +32,8 @@ def make_divisible(value: float, divisor: int = 8) -> int:
 
 
 def block_addresses() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """``features.0..18``; droppable = repeats 2.. of each stage (10 blocks; the spec says 11 but lists 10)."""
-    all_blocks = tuple(f"features.{i}" for i in range(2 + sum(n for _, _, n, _ in INVERTED_RESIDUAL_SETTING)))
+    """``features.1..17``; droppable = repeats 2.. of each stage (10 blocks; the spec says 11 but lists 10)."""
+    all_blocks = tuple(f"features.{i}" for i in range(1, 1 + sum(n for _, _, n, _ in INVERTED_RESIDUAL_SETTING)))
     droppable, index = [], 1
     for _, _, n, _ in INVERTED_RESIDUAL_SETTING:
         droppable += [f"features.{index + i}" for i in range(1, n)]
@@ -60,39 +60,34 @@ class InvertedResidual(nnx.Module):
             layers.conv(hidden, out_ch, 1, dtype=dtype, rngs=rngs),
             layers.batch_norm(out_ch, dtype=dtype, rngs=rngs),
         )
+        # writes: the projection 1x1 conv; reads: the expansion 1x1 conv (the depthwise conv when t = 1)
+        self.stream = Stream(writers=(f"conv.{len(expand) + 1}",), readers=("conv.0.0",), identity=self.use_residual)
 
-    def __call__(self, x: jax.Array, keep: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array) -> jax.Array:
         y = self.conv(x)
-        return layers.gated_residual(x, y, keep) if self.use_residual else y
+        return x + y if self.use_residual else y
+
+    def keras(self, b, x, name: str):
+        y = b.sequential(x, self.conv, f"{name}.conv")
+        return b.add(x, y, f"{name}.add") if self.use_residual else y
 
 
 class MobileNetV2(ZooModel):
-    head = "classifier"  # the classifier's attribute
-    stage_features = False  # stages are not named groups here; stem and pre_gap are recorded
-    def __init__(
-        self,
-        *,
-        num_classes: int = 1000,
-        width_mult: float = 1.0,
-        dropout: float = 0.2,
-        dropped: Iterable[str] = (),
-        dtype=None,
-        rngs: nnx.Rngs,
-    ):
-        all_blocks, droppable = block_addresses()
-        layout = BlockLayout("mobilenet_v2", all_blocks, droppable, dropped)
-        self._set_layout(layout)
-        kept = set(layout.origin)
+    head = "classifier"
+    group_features = False  # every block is in one group (features); stem and pre_gap are recorded
+
+    def __init__(self, *, num_classes: int = 1000, width_mult: float = 1.0, dropout: float = 0.2, dtype=None,
+                 rngs: nnx.Rngs):
+        _, self.droppable = block_addresses()
+        self.model_name = "mobilenet_v2"
         in_ch = make_divisible(32 * width_mult)
         last_ch = make_divisible(1280 * max(1.0, width_mult))
         features = [conv_bn_relu6(3, in_ch, 3, stride=2, dtype=dtype, rngs=rngs)]
-        index = 1
         for t, c, n, s in INVERTED_RESIDUAL_SETTING:
             out_ch = make_divisible(c * width_mult)
             for i in range(n):
-                if f"features.{index}" in kept:
-                    features.append(InvertedResidual(in_ch, out_ch, s if i == 0 else 1, t, dtype=dtype, rngs=rngs))
-                in_ch, index = out_ch, index + 1
+                features.append(InvertedResidual(in_ch, out_ch, s if i == 0 else 1, t, dtype=dtype, rngs=rngs))
+                in_ch = out_ch
         features.append(conv_bn_relu6(in_ch, last_ch, 1, dtype=dtype, rngs=rngs))
         self.features = nnx.List(features)
         self.classifier = nnx.Sequential(nnx.Dropout(dropout, rngs=rngs), layers.linear(last_ch, num_classes, dtype=dtype, rngs=rngs))
@@ -100,7 +95,7 @@ class MobileNetV2(ZooModel):
     def stem(self, x: jax.Array) -> jax.Array:
         return self.features[0](x)
 
-    def residual_blocks(self) -> list[tuple[str, InvertedResidual]]:
+    def residual_blocks(self) -> list[tuple[str, nnx.Module]]:
         return [(f"features.{i}", self.features[i]) for i in range(1, len(self.features) - 1)]
 
     def neck(self, x: jax.Array) -> jax.Array:
@@ -108,6 +103,13 @@ class MobileNetV2(ZooModel):
 
     def classify(self, pooled: jax.Array) -> jax.Array:
         return self.classifier(pooled)
+
+    def keras(self, b, x):
+        """The Keras graph (`model_zoo.convert.keras_export`): pre-GAP tensor and the classifier."""
+        x = b.sequential(x, self.features[0], "features.0")
+        x = b.blocks(self, x)
+        x = b.sequential(x, self.features[-1], f"features.{len(self.features) - 1}")
+        return x, lambda pooled: b.sequential(pooled, self.classifier, "classifier")
 
 
 mobilenet_v2 = functools.partial(MobileNetV2)

@@ -16,7 +16,9 @@ from flax import nnx
 
 from model_zoo import cifar_resnet, mobilenetv2, resnet
 from model_zoo.base import ZooModel
-from model_zoo.errors import UserError
+from practise_jax.errors import UserError
+from practise_jax import surgery
+from practise_jax.transforms import InputSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -75,15 +77,19 @@ def get_info(name: str) -> ModelInfo:
 
 
 def create(name: str, *, dropped: Iterable[str] = (), rngs: nnx.Rngs | None = None, **overrides) -> ZooModel:
-    """Build a registered model with random weights, optionally with blocks dropped.
+    """Build a registered model with random weights, optionally with blocks dropped (`practise_jax.surgery.drop`).
 
     ``overrides`` reach the family constructor (``num_classes``, ``widths``,
-    ``width_mult``, ``dtype``), e.g. tiny test models.
+    ``width_mult``, ``dtype``), e.g. tiny test models. The model carries its
+    registry defaults as ``input_spec`` (input size, normalisation: assumed,
+    not given) and its constructor overrides as ``overrides``.
     """
     info = get_info(name)
-    model = info.builder(dropped=dropped, rngs=rngs if rngs is not None else nnx.Rngs(0), **overrides)
+    model = info.builder(rngs=rngs if rngs is not None else nnx.Rngs(0), **overrides)
     model.overrides = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in overrides.items()))
-    return model
+    model.input_spec = InputSpec(info.input_size, info.mean, info.std, "assumed")
+    dropped = tuple(dropped)
+    return surgery.drop(model, dropped) if dropped else model
 
 
 def _akamaster(depth: int, sha256: str, top1: float) -> tuple[KnownWeights, ...]:

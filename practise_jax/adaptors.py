@@ -8,148 +8,162 @@ pre-adaptor (PRACTISE_SPEC.md section 4.1). Identity shortcuts are never
 adapted. Because an adaptor touches a conv with nothing in between, it folds
 into that conv exactly (section 5).
 
-Sites are given as NNX paths to the conv module inside the *student* (the
-model with B dropped, blocks renumbered).
+Placement follows from the model protocol alone (`practise_jax.protocol`):
+walking back from the gap, the writers of every block up to and including
+the one that started the stream (the first block without an identity
+shortcut, or the first block of the network); walking on, the readers of
+every block up to and including the first one that ends the stream (no
+identity shortcut). For torchvision ResNets this is the reference's rule
+(the stage's blocks before the gap with block 0's downsample conv; the
+stage's blocks after it and the next stage's block 0 with its downsample
+conv); for MobileNetV2 it is the reference's walk by output width.
+
+An adapted conv is wrapped in `AdaptedConv` at its place in the graph, so any
+``nnx.Conv`` of any model can carry adaptors; `fold` puts the plain conv back
+with the adaptors multiplied into its kernel.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from model_zoo import get_info
-from model_zoo.base import ZooModel
-from model_zoo.blocks import split_address
-from model_zoo.layers import Adaptor, AdaptableConv
-from model_zoo.mobilenetv2 import InvertedResidual
+from practise_jax import protocol, surgery
+from practise_jax.errors import UserError
 
 PRE, POST = "pre", "post"
 
 
+class Adaptor(nnx.Variable):
+    """A C x C channel-mixing matrix; its own variable type, so ``nnx.split(model, Adaptor, ...)`` trains only adaptors."""
+
+
+class AdaptedConv(nnx.Module):
+    """A conv with a pre-adaptor on its input and/or an after-adaptor on its raw output."""
+
+    def __init__(self, conv: nnx.Conv):
+        self.conv = conv
+        self.pre = nnx.data(None)
+        self.post = nnx.data(None)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.pre is not None:
+            x = x @ self.pre[...].astype(x.dtype)
+        y = self.conv(x)
+        if self.post is not None:
+            y = y @ self.post[...].astype(y.dtype)
+        return y
+
+
 @dataclasses.dataclass(frozen=True)
 class Site:
-    """An adaptor position: the conv at ``path`` in the student, and which side (pre / post)."""
+    """An adaptor position: the conv at ``path`` (dot-separated, in the model) and which side (pre / post)."""
 
-    path: tuple
+    path: str
     kind: str
 
     @property
     def name(self) -> str:
-        """torchvision-style name, e.g. ``layer1.0.conv2:post``."""
-        return ".".join(str(p) for p in self.path if p != "layers") + f":{self.kind}"
+        """e.g. ``layer1.0.conv2:post``."""
+        return f"{self.path}:{self.kind}"
 
 
-def _module(model: nnx.Module, path: tuple) -> nnx.Module:
-    for step in path:
-        model = model[step] if isinstance(step, int) else getattr(model, step)
+def placement(model: nnx.Module, drop: str | Sequence[str]) -> list[Site]:
+    """Adaptor sites for dropping ``drop`` (one block, or several: the union of their sites) from ``model``.
+
+    Sites inside another dropped block are left out. Paths are the model's own.
+    """
+    drop = protocol.check_drop_set(model, [drop] if isinstance(drop, str) else drop)
+    listed = protocol.blocks(model)
+    order = [b.address for b in listed]
+    paths = surgery.block_paths(model)
+    sites = []
+    for gap in drop:
+        position = order.index(gap)
+        before = [b for b in listed[:position] if b.address not in drop]
+        after = [b for b in listed[position + 1:] if b.address not in drop]
+        writers = []
+        for block in reversed(before):  # back to the block that started the stream
+            writers = [Site(f"{paths[block.address]}.{p}", POST) for p in block.stream.writers] + writers
+            if not block.stream.identity:
+                break
+        readers = []
+        for block in after:  # on to the block that ends it
+            readers += [Site(f"{paths[block.address]}.{p}", PRE) for p in block.stream.readers]
+            if not block.stream.identity:
+                break
+        sites += writers + readers
+    return list(dict.fromkeys(sites))
+
+
+def site_blocks(model: nnx.Module, sites: Sequence[Site]) -> list[str]:
+    """The addresses of the blocks holding ``sites``, in forward order."""
+    paths = surgery.block_paths(model)
+    holding = {address for address, path in paths.items() for s in sites if s.path.startswith(path + ".")}
+    return [b.address for b in protocol.blocks(model) if b.address in holding]
+
+
+def first_adapted_block(model: nnx.Module, sites: Sequence[Site]) -> str:
+    """The earliest block holding an adaptor: the student equals the teacher before it."""
+    held = site_blocks(model, sites)
+    if not held:
+        raise UserError("no adaptor site lies in a residual block; the blocks' Stream lists name no convs.")
+    return held[0]
+
+
+def attach(model: nnx.Module, sites: Sequence[Site]) -> nnx.Module:
+    """Put identity adaptors at ``sites`` (in place: each conv is wrapped in an `AdaptedConv`); returns ``model``."""
+    for site in sites:
+        module = surgery.get(model, site.path)
+        if not isinstance(module, AdaptedConv):
+            if not isinstance(module, nnx.Conv):
+                raise UserError(f"adaptor site '{site.path}' is a {type(module).__name__}, not an nnx.Conv; "
+                                "a block's Stream must name convs.")
+            module = AdaptedConv(module)
+            surgery.replace(model, site.path, module)
+        conv = module.conv
+        channels = conv.in_features if site.kind == PRE else conv.out_features
+        setattr(module, site.kind, Adaptor(jnp.eye(channels, dtype=jnp.float32)))
     return model
 
 
-def placement(student: ZooModel, dropped: str) -> list[Site]:
-    """Adaptor sites for a student that lacks the teacher's block ``dropped`` (original address)."""
-    family = get_info(student.model_name).family
-    if family == "mobilenet_v2":
-        return _mobilenet_sites(student, dropped)
-    return _resnet_sites(student, dropped)
+def adapted_convs(model: nnx.Module) -> list[tuple[str, AdaptedConv]]:
+    """Every `AdaptedConv` in ``model`` with its path."""
+    found = []
+    for path, node in nnx.iter_graph(model):
+        if isinstance(node, AdaptedConv):
+            found.append((".".join(str(p) for p in path if p != "layers"), node))
+    return found
 
 
-def _resnet_sites(student: ZooModel, dropped: str) -> list[Site]:
-    stage, gap = split_address(dropped)  # blocks 0..gap-1 lie before the gap; student gap.. after it
-    stage_blocks = getattr(student, stage)
-    sites = []
-    if getattr(stage_blocks[0], "downsample", None) is not None:
-        sites.append(Site((stage, 0, "downsample", "layers", 0), POST))
-    last_conv = "conv3" if hasattr(stage_blocks[0], "conv3") else "conv2"
-    sites += [Site((stage, i, last_conv), POST) for i in range(gap)]
-    sites += [Site((stage, i, "conv1"), PRE) for i in range(gap, len(stage_blocks))]
-    groups = [a.split(".")[0] for a in student.blocks]
-    following = groups.index(stage) + groups.count(stage)
-    if following < len(groups):
-        next_stage = groups[following]
-        sites.append(Site((next_stage, 0, "conv1"), PRE))
-        if getattr(getattr(student, next_stage)[0], "downsample", None) is not None:
-            sites.append(Site((next_stage, 0, "downsample", "layers", 0), PRE))
-    return sites
-
-
-def _mobilenet_sites(student: ZooModel, dropped: str) -> list[Site]:
-    _, gap = split_address(dropped)
-    features = student.features
-    width = _out_channels(features[gap - 1])
-    sites = []
-    index = gap - 1
-    while isinstance(features[index], InvertedResidual) and _out_channels(features[index]) == width:
-        projection = len(features[index].conv.layers) - 2
-        sites.insert(0, Site(("features", index, "conv", "layers", projection), POST))
-        index -= 1
-    index = gap
-    while isinstance(features[index], InvertedResidual):
-        sites.append(Site(("features", index, "conv", "layers", 0, "layers", 0), PRE))
-        if _out_channels(features[index]) != width:
-            break
-        index += 1
-    return sites
-
-
-def _out_channels(block: nnx.Module) -> int:
-    return block.conv.layers[-1].num_features
-
-
-def first_adapted_block(student: ZooModel, sites: list[Site]) -> str:
-    """The earliest block holding an adaptor: the student is frozen (teacher-equal) before it."""
-    order = [address for address, _ in student.residual_blocks()]
-    addresses = {f"{s.path[0]}.{s.path[1]}" for s in sites}
-    return next(address for address in order if address in addresses)
-
-
-def attach(student: ZooModel, sites: list[Site]) -> ZooModel:
-    """Put identity adaptors at ``sites`` (in place) and return the student."""
-    for site in sites:
-        conv = _module(student, site.path)
-        channels = conv.in_features if site.kind == PRE else conv.out_features
-        setattr(conv, f"{site.kind}_adaptor", Adaptor(jnp.eye(channels, dtype=jnp.float32)))
-    return student
-
-
-def fold(student: ZooModel) -> ZooModel:
-    """Fold every adaptor into its conv (in float64) and remove it; the outputs stay the same."""
-    for _, conv in nnx.iter_graph(student):
-        if not isinstance(conv, AdaptableConv):
-            continue
+def fold(model: nnx.Module) -> nnx.Module:
+    """Fold every adaptor into its conv (in float64) and put the plain conv back, in place; outputs stay the same."""
+    for path, wrapper in adapted_convs(model):
+        conv = wrapper.conv
         kernel = np.asarray(conv.kernel[...], np.float64)  # HWIO
-        if conv.pre_adaptor is not None:
-            kernel = _fold_pre(kernel, np.asarray(conv.pre_adaptor[...], np.float64), conv.feature_group_count)
-            conv.pre_adaptor = None
-        if conv.post_adaptor is not None:
-            kernel = np.einsum("hwij,jo->hwio", kernel, np.asarray(conv.post_adaptor[...], np.float64))
-            conv.post_adaptor = None
+        if wrapper.pre is not None:
+            if conv.feature_group_count != 1:
+                raise UserError(f"a pre-adaptor cannot be folded into the grouped (depthwise) conv '{path}'.")
+            kernel = np.einsum("ij,hwjo->hwio", np.asarray(wrapper.pre[...], np.float64), kernel)
+        if wrapper.post is not None:
+            post = np.asarray(wrapper.post[...], np.float64)
+            kernel = np.einsum("hwij,jo->hwio", kernel, post)
+            if conv.use_bias:
+                conv.bias[...] = jnp.asarray(np.asarray(conv.bias[...], np.float64) @ post, conv.bias[...].dtype)
         conv.kernel[...] = jnp.asarray(kernel, conv.kernel[...].dtype)
-    return student
+        surgery.replace(model, path, conv)
+    return model
 
 
-def _fold_pre(kernel: np.ndarray, matrix: np.ndarray, groups: int) -> np.ndarray:
-    """W'[h,w,i,o] = sum_j M[i,j] W[h,w,j,o]; only dense convs can absorb a channel mix on their input."""
-    if groups != 1:
-        raise ValueError("a pre-adaptor cannot be folded into a grouped (depthwise) conv")
-    return np.einsum("ij,hwjo->hwio", matrix, kernel)
-
-
-def teacher_sites(teacher: ZooModel, dropped: str) -> list[Site]:
-    """The sites of `placement` for dropping ``dropped``, as paths in the teacher itself.
-
-    Used when the block is dropped by a dynamic mask instead of being removed:
-    the student's renumbered blocks are mapped back to the teacher's addresses.
-    """
-    from model_zoo.prune import prune  # a light import; prune needs the registry
-
-    student = prune(teacher, [dropped])
-    to_original = dict(zip(student.blocks, student.origin))
-    to_teacher = {original: current for current, original in zip(teacher.blocks, teacher.origin)}
-    sites = []
-    for site in placement(student, dropped):
-        group, index = split_address(to_teacher[to_original[f"{site.path[0]}.{site.path[1]}"]])
-        sites.append(Site((group, index) + tuple(site.path[2:]), site.kind))
-    return sites
+def check_no_adaptors(model: nnx.Module, what: str) -> None:
+    """Refuse a model whose convs still carry adaptors, for uses that have no place for them."""
+    held = adapted_convs(model)
+    if held:
+        raise UserError(
+            f"{what}: conv '{held[0][0]}' still carries an adaptor; fold the adaptors into their convs first "
+            "(practise_jax.adaptors.fold(model)), which keeps the outputs the same.")

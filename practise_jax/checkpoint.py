@@ -2,15 +2,21 @@
 
 Layout of a checkpoint directory::
 
-    DIR/architecture.json   what to build: model name, dropped blocks
-                            (original addresses), constructor overrides,
-                            normalisation, classes, input size
+    DIR/architecture.json   what to build: the registry name of the unpruned
+                            model (null for a model of your own), dropped
+                            blocks, filters kept per block (filter pruning),
+                            constructor overrides, input normalisation,
+                            classes, input size
     DIR/weights/            orbax checkpoint of the nnx.Param and
                             nnx.BatchStat leaves, as a pure nested dict
 
-Reloading needs no pickles: `load_compressed` rebuilds the pruned
-architecture with `model_zoo.create` under `nnx.eval_shape` (no random init)
-and restores the weights into it, as the Flax NNX checkpointing guide does.
+Reloading needs no pickles: `load_compressed` builds the unpruned network
+under `nnx.eval_shape` (no random init; from the registry, or from the
+``model`` you pass for a network of your own), applies the same surgery
+(`practise_jax.surgery.drop`, `practise_jax.filter_pruning.narrow`) and
+restores the weights into it, as the Flax NNX checkpointing guide does.
+Format 1 (practise-jax 0.1) stored pruned models with renumbered blocks;
+they load and get the teacher's addresses back.
 The weights are stored as `nnx.to_pure_dict` (plain arrays under module
 paths), not as `nnx.State`, so the files do not depend on how a Flax version
 flattens its `Variable` objects.
@@ -26,7 +32,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +40,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-import model_zoo
-from model_zoo.base import ZooModel
-from model_zoo.convert.load import _materialise
-from model_zoo.errors import UserError
-from model_zoo.layers import check_no_adaptors
+from practise_jax import protocol, surgery
+from practise_jax.adaptors import check_no_adaptors
+from practise_jax.errors import UserError
+from practise_jax.latency.programs import _materialise
+from practise_jax.transforms import InputSpec
 
 FORMAT = "practise-jax/compressed"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: blocks keep the teacher's addresses; filters kept per block
 SPEC_FILE = "architecture.json"
 WEIGHTS_DIR = "weights"
 WEIGHTS = (nnx.Param, nnx.BatchStat)
@@ -51,47 +57,50 @@ WEIGHTS = (nnx.Param, nnx.BatchStat)
 class CompressedSpec:
     """What `architecture.json` says: enough to rebuild and use the model."""
 
-    model: str
+    model: str | None  # registry name of the unpruned network; None for a network of your own
     dropped: tuple[str, ...]
     overrides: dict[str, Any]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    input_spec: InputSpec
     num_classes: int
-    input_size: int
-    blocks: tuple[str, ...] = ()
+    filters: dict[str, int] = dataclasses.field(default_factory=dict)  # block -> inner filters kept (filter pruning)
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return self.input_spec.mean
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self.input_spec.std
+
+    @property
+    def input_size(self) -> int:
+        return self.input_spec.size
 
     def to_json(self) -> dict[str, Any]:
         from practise_jax import __version__
 
         return {
-            "format": FORMAT,
-            "format_version": self.format_version,
-            "practise_jax_version": __version__,
-            "model": self.model,
-            "dropped": list(self.dropped),
+            "format": FORMAT, "format_version": self.format_version, "practise_jax_version": __version__,
+            "model": self.model, "dropped": list(self.dropped), "filters": dict(self.filters),
             "overrides": _json_overrides(self.overrides),
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "num_classes": self.num_classes,
-            "input_size": self.input_size,
-            "blocks": list(self.blocks),
-            "extra": self.extra,
+            "mean": list(self.mean), "std": list(self.std), "normalization": self.input_spec.source,
+            "num_classes": self.num_classes, "input_size": self.input_size, "extra": self.extra,
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], source: str) -> CompressedSpec:
         try:
+            spec = InputSpec(int(data["input_size"]), tuple(data["mean"]), tuple(data["std"]),
+                             str(data.get("normalization", "checkpoint")))
             return cls(
-                model=str(data["model"]),
+                model=None if data["model"] is None else str(data["model"]),
                 dropped=tuple(data["dropped"]),
                 overrides=_python_overrides(data.get("overrides", {})),
-                mean=tuple(float(v) for v in data["mean"]),
-                std=tuple(float(v) for v in data["std"]),
+                input_spec=spec,
                 num_classes=int(data["num_classes"]),
-                input_size=int(data["input_size"]),
-                blocks=tuple(data.get("blocks", ())),
+                filters={str(k): int(v) for k, v in (data.get("filters") or {}).items()},
                 extra=dict(data.get("extra") or {}),
                 format_version=int(data["format_version"]),
             )
@@ -111,10 +120,8 @@ def _json_value(key: str, value: Any) -> Any:
     try:
         return {"dtype": jnp.dtype(value).name}
     except TypeError:
-        raise UserError(
-            f"model override {key}={value!r} cannot be written to {SPEC_FILE}; "
-            "use plain numbers, strings, lists or dtypes as overrides."
-        ) from None
+        raise UserError(f"model override {key}={value!r} cannot be written to {SPEC_FILE}; "
+                        "use plain numbers, strings, lists or dtypes as overrides.") from None
 
 
 def _json_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -136,72 +143,58 @@ def _python_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- save
 
 
-def spec_of(
-    model: ZooModel,
-    *,
-    normalization: Mapping[str, Sequence[float]] | Sequence[Sequence[float]] | None = None,
-    input_size: int | None = None,
-    extra: Mapping[str, Any] | None = None,
-) -> CompressedSpec:
-    """The architecture spec of ``model`` (metadata from the registry unless given)."""
-    info = model_zoo.get_info(model.model_name)
-    overrides = dict(getattr(model, "overrides", ()))
-    if normalization is None:
-        mean, std = info.mean, info.std
-    elif isinstance(normalization, Mapping):
-        mean, std = normalization["mean"], normalization["std"]
-    else:
-        mean, std = normalization
-    if len(mean) != 3 or len(std) != 3:
-        raise UserError(f"normalization needs 3 means and 3 stds (RGB), got mean={list(mean)} std={list(std)}.")
+def spec_of(model: nnx.Module, *, input_spec: InputSpec | None = None, extra: Mapping[str, Any] | None = None,
+            num_classes: int | None = None) -> CompressedSpec:
+    """The architecture spec of ``model``: its registry name, drop set, narrowed filters, normalisation."""
+    from practise_jax.filter_pruning import kept_filters
+
+    input_spec = input_spec or getattr(model, "input_spec", None)
+    if input_spec is None:
+        raise UserError(f"{type(model).__name__} carries no input normalisation (.input_spec); pass "
+                        "input_spec=practise_jax.InputSpec(size, mean, std) so the checkpoint can be used later.")
     if extra is not None:
         try:
             json.dumps(dict(extra))
         except TypeError as error:
             raise UserError(f"extra metadata must be JSON-serialisable ({error}).") from None
+    if num_classes is None:
+        graphdef, state = nnx.split(model)
+        spec = jax.ShapeDtypeStruct((1, input_spec.size, input_spec.size, 3), jnp.float32)
+        num_classes = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x)[0], state, spec).shape[-1]
     return CompressedSpec(
-        model=model.model_name,
-        dropped=tuple(model.dropped),
-        overrides=overrides,
-        mean=tuple(float(v) for v in mean),
-        std=tuple(float(v) for v in std),
-        num_classes=int(overrides.get("num_classes", info.num_classes)),
-        input_size=int(input_size if input_size is not None else info.input_size),
-        blocks=tuple(model.blocks),
-        extra=dict(extra or {}),
-    )
+        model=_registered_name(model), dropped=protocol.dropped(model), overrides=dict(getattr(model, "overrides", ())),
+        input_spec=input_spec, num_classes=int(num_classes), filters=kept_filters(model), extra=dict(extra or {}))
+
+
+def _registered_name(model: nnx.Module) -> str | None:
+    import model_zoo
+
+    name = getattr(model, "model_name", None)
+    return name if name in model_zoo.list_models() else None
 
 
 def _is_checkpoint(directory: Path) -> bool:
     return (directory / SPEC_FILE).is_file()
 
 
-def save_compressed(
-    directory: str | os.PathLike,
-    model: ZooModel,
-    *,
-    normalization: Mapping[str, Sequence[float]] | Sequence[Sequence[float]] | None = None,
-    extra: Mapping[str, Any] | None = None,
-    input_size: int | None = None,
-) -> CompressedSpec:
+def save_compressed(directory: str | os.PathLike, model: nnx.Module, *, input_spec: InputSpec | None = None,
+                    extra: Mapping[str, Any] | None = None) -> CompressedSpec:
     """Write ``model`` (weights + architecture spec) to ``directory``; return the spec.
 
-    ``normalization`` is ``{"mean": ..., "std": ...}`` or ``(mean, std)``
-    (default: the registry's); ``extra`` is any JSON-serialisable metadata
-    (accuracy, speed-up, command line); ``input_size`` defaults to the
-    registry's. An existing checkpoint at ``directory`` is replaced; any other
-    non-empty directory is refused rather than deleted.
+    ``input_spec`` is the normalisation the model takes (default: the one it
+    carries, ``model.input_spec``); ``extra`` is any JSON-serialisable
+    metadata (accuracy, speed-up, command line). An existing checkpoint at
+    ``directory`` is replaced; any other non-empty directory is refused rather than deleted.
     """
     check_no_adaptors(model, "cannot save a compressed checkpoint")
+    protocol.check(model)
     directory = Path(directory).expanduser().resolve()
-    spec = spec_of(model, normalization=normalization, input_size=input_size, extra=extra)
+    spec = spec_of(model, input_spec=input_spec, extra=extra)
     if directory.exists() and not directory.is_dir():
         raise UserError(f"'{directory}' is a file; choose a directory path for the checkpoint.")
     if directory.is_dir() and any(directory.iterdir()) and not _is_checkpoint(directory):
-        raise UserError(
-            f"'{directory}' is a non-empty directory that is not a practise-jax checkpoint; "
-            "choose a new or empty directory (nothing was overwritten)."
-        )
+        raise UserError(f"'{directory}' is a non-empty directory that is not a practise-jax checkpoint; "
+                        "choose a new or empty directory (nothing was overwritten).")
     directory.parent.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex[:8]
     staging = directory.with_name(f".{directory.name}.saving-{token}")
@@ -213,7 +206,7 @@ def save_compressed(
     return spec
 
 
-def _write(staging: Path, model: ZooModel, spec: CompressedSpec) -> None:
+def _write(staging: Path, model: nnx.Module, spec: CompressedSpec) -> None:
     import orbax.checkpoint as ocp
 
     staging.mkdir()
@@ -256,10 +249,8 @@ def read_spec(directory: str | os.PathLike) -> CompressedSpec:
         raise UserError(f"'{directory}' is a file, not a checkpoint directory; pass the directory save_compressed wrote.")
     spec_file = directory / SPEC_FILE
     if not spec_file.is_file():
-        raise UserError(
-            f"'{directory}' is not a practise-jax checkpoint (it has no {SPEC_FILE}); "
-            "pass a directory written by save_compressed or `practise-jax compress --out`."
-        )
+        raise UserError(f"'{directory}' is not a practise-jax checkpoint (it has no {SPEC_FILE}); "
+                        "pass a directory written by save_compressed or `practise-jax compress --out`.")
     try:
         data = json.loads(spec_file.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -268,10 +259,8 @@ def read_spec(directory: str | os.PathLike) -> CompressedSpec:
         raise UserError(f"{spec_file} is not a practise-jax architecture spec (no \"format\": \"{FORMAT}\").")
     version = data.get("format_version")
     if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
-        raise UserError(
-            f"{spec_file} has format version {version!r}, but this practise-jax reads versions 1..{FORMAT_VERSION}; "
-            "upgrade practise-jax (or save the model again with this version)."
-        )
+        raise UserError(f"{spec_file} has format version {version!r}, but this practise-jax reads versions "
+                        f"1..{FORMAT_VERSION}; upgrade practise-jax (or save the model again with this version).")
     return CompressedSpec.from_json(data, str(spec_file))
 
 
@@ -292,36 +281,80 @@ def _check_shapes(stored: dict[str, tuple], wanted: dict[str, tuple], weights_di
                     for title, items in (("missing", missing), ("unexpected", unexpected), ("shape (file vs model)", mismatched))
                     if items]
         raise UserError(f"the weights in '{weights_dir}' do not fit {described} ({'; '.join(problems)}); "
-                        "the checkpoint is damaged, save the model again.")
+                        "the checkpoint is damaged or belongs to another model.")
 
 
-def load_compressed(directory: str | os.PathLike) -> tuple[ZooModel, CompressedSpec]:
-    """Rebuild the compressed model saved in ``directory``; return ``(model, spec)``, model in eval mode."""
+def architecture(spec: CompressedSpec, model: nnx.Module | Callable[[], nnx.Module] | None = None) -> nnx.Module:
+    """The abstract pruned network ``spec`` describes: the unpruned one (registry, or ``model``), then its surgery."""
+    from practise_jax.filter_pruning import narrow
+
+    if model is None:
+        if spec.model is None:
+            raise UserError("this checkpoint holds a network of your own (no registry name): pass the unpruned network "
+                            "or a function building it, load_compressed(path, model=lambda: MyNet(...)).")
+        import model_zoo
+
+        abstract = nnx.eval_shape(lambda: model_zoo.create(spec.model, **spec.overrides))
+    else:
+        abstract = nnx.eval_shape(model) if callable(model) and not isinstance(model, nnx.Module) else model
+    protocol.check(abstract)
+    if spec.filters:
+        abstract = narrow(abstract, spec.filters)
+    return surgery.drop(abstract, spec.dropped) if spec.dropped else abstract
+
+
+def _from_v1(stored: dict, spec: CompressedSpec, addresses: tuple[str, ...]) -> dict:
+    """Format 1 renumbered the kept blocks of each group from 0; give them their teacher addresses back."""
+    kept = [a for a in addresses if a not in set(spec.dropped)]
+    renumbered: dict[str, list[str]] = {}
+    for address in kept:
+        renumbered.setdefault(protocol.split_address(address)[0], []).append(address)
+    out = {k: v for k, v in stored.items() if k not in renumbered}
+    for group, originals in renumbered.items():
+        old = stored.get(group, {})
+        out[group] = {protocol.split_address(originals[int(i)])[1]: v for i, v in old.items()}
+    return out
+
+
+def load_compressed(directory: str | os.PathLike,
+                    model: nnx.Module | Callable[[], nnx.Module] | None = None) -> tuple[nnx.Module, CompressedSpec]:
+    """Rebuild the compressed model saved in ``directory``; return ``(model, spec)``, the model in eval mode.
+
+    ``model``: for a network outside the registry, the unpruned network (an
+    instance, abstract or not) or a function that builds it.
+    """
     import orbax.checkpoint as ocp
 
     spec = read_spec(directory)
     weights_dir = Path(directory).expanduser().resolve() / WEIGHTS_DIR
     if not weights_dir.is_dir():
         raise UserError(f"checkpoint '{directory}' has no {WEIGHTS_DIR}/ folder; it is incomplete, save the model again.")
-    abstract = nnx.eval_shape(lambda: model_zoo.create(spec.model, dropped=spec.dropped, **spec.overrides))
+    abstract = architecture(spec, model)
     graphdef, weights, rest = nnx.split(abstract, WEIGHTS, ...)
     target = nnx.to_pure_dict(weights)
     dropped = f"without {', '.join(spec.dropped)}" if spec.dropped else "with no blocks dropped"
-    described = f"{spec.model} {dropped} as {SPEC_FILE} describes it"
+    described = f"{spec.model or type(abstract).__name__} {dropped} as {SPEC_FILE} describes it"
     try:
         with ocp.StandardCheckpointer() as checkpointer:
-            # Compare shapes first: a failed orbax restore leaves its pending reads to be garbage-collected noisily.
-            stored = checkpointer.metadata(weights_dir)
-            _check_shapes(_shapes(getattr(stored, "item_metadata", stored)), _shapes(target), weights_dir, described)
-            restored = checkpointer.restore(weights_dir, target)
-    except UserError:
-        raise
+            stored = checkpointer.restore(weights_dir)
     except Exception as error:  # unreadable or damaged files
-        raise UserError(
-            f"could not read the weights in '{weights_dir}' ({type(error).__name__}: {str(error).splitlines()[0][:300]}); "
-            "the checkpoint is damaged, save it again."
-        ) from None
-    nnx.replace_by_pure_dict(weights, restored)
-    model = nnx.merge(graphdef, weights, jax.tree.map(_materialise, rest))
-    model.eval()
-    return model, spec
+        raise UserError(f"could not read the weights in '{weights_dir}' ({type(error).__name__}: "
+                        f"{str(error).splitlines()[0][:300]}); the checkpoint is damaged, save it again.") from None
+    stored = _int_keys(stored)
+    if spec.format_version == 1:
+        stored = _from_v1(stored, spec, protocol.addresses(abstract))
+    _check_shapes(_shapes(stored), _shapes(target), weights_dir, described)
+    nnx.replace_by_pure_dict(weights, jax.tree.map(jnp.asarray, stored))
+    restored = nnx.merge(graphdef, weights, jax.tree.map(_materialise, rest))
+    restored.input_spec = spec.input_spec
+    if spec.overrides or spec.model:
+        restored.overrides = tuple(sorted(spec.overrides.items()))
+    restored.eval()
+    return restored, spec
+
+
+def _int_keys(tree):
+    """Orbax gives list indices back as strings ('0'); NNX pure dicts use ints."""
+    if isinstance(tree, dict):
+        return {(int(k) if isinstance(k, str) and k.isdigit() else k): _int_keys(v) for k, v in tree.items()}
+    return tree

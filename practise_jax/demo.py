@@ -17,12 +17,10 @@ from pathlib import Path
 from model_zoo import create
 from practise_jax import checkpoint
 from practise_jax import data as data_lib
-from practise_jax.evaluate import evaluate
-from practise_jax.finetune import FinetuneConfig, finetune
+from practise_jax.evaluation import evaluate
+from practise_jax.finetuning import FinetuneConfig, finetune
 from practise_jax.pipeline import CompressConfig, compress
 from practise_jax.transforms import views_for
-
-import model_zoo
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,12 +60,11 @@ def demo_config(out: Path, steps: DemoSteps, data_dir: Path | None, log=print) -
 
 def train_synthetic_teacher(directory: Path, steps: int, log=print) -> None:
     """A narrow ResNet-20 trained from scratch with cross-entropy on `synthetic` images."""
-    info = model_zoo.get_info("cifar_resnet20")
     train = data_lib.load_source("synthetic:4000:10:0", image_size=32)
     model = create("cifar_resnet20", widths=(8, 16, 32))
-    views = views_for(info, 32)
-    config = FinetuneConfig(method="ce", steps=steps, lr=0.05, eval_every=steps + 1, seed=0)
-    trained, _ = finetune(model, model, train.images, train.labels, config, views.train)
+    views = views_for(model.input_spec, 32)
+    config = FinetuneConfig(loss="ce", steps=steps, lr=0.05, eval_every=steps + 1, seed=0)
+    trained, _ = finetune(model, None, train.images, train.labels, config, views.train)
     held_out = data_lib.load_source("synthetic:1000:10:3", image_size=32)
     log(f"demo: synthetic teacher top-1 on 1000 held-out generated images: {evaluate(trained, held_out, views, progress=False).top1:.1f}%")
     checkpoint.save_compressed(directory, trained)

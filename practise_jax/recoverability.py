@@ -12,20 +12,22 @@ candidate sees the same batches and augmentation keys, so one teacher pass
 per step gives them all their target and the input of the block where each
 student begins (the frozen prefix before its first adapted block, which
 teacher and student share); each student then runs and backpropagates only
-from there. Per candidate and step that leaves the student's forward and
-backward pass over its adapted part, against a full teacher and student
-pass in the reference. A group's step (a stage's candidates) is one compiled
-computation, whose independent per-candidate parts XLA runs side by side on
-the cores (with `practise_jax.xla_cpu`'s flags on a CPU).
+from there. A group's step (a stage's candidates) is one compiled
+computation, whose independent per-candidate parts XLA runs side by side.
+
+``vmap=True`` trains a group of candidates that share their first adapted
+block as one batched computation instead: the teacher with the candidate
+dropped by a dynamic block mask and identity adaptors at the union of the
+group's sites, inactive ones replaced by the identity.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -34,42 +36,24 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-import model_zoo
-from model_zoo.base import ZooModel
-from model_zoo.errors import UserError
-from model_zoo.layers import Adaptor
 from practise_jax import adaptors as adaptor_lib
-from practise_jax.transforms import Views
+from practise_jax import defaults, protocol, surgery
+from practise_jax.adaptors import Adaptor
+from practise_jax.errors import UserError
 from practise_jax.store import ResultsStore
-
-
-REFERENCE_STEPS = 2000  # adaptor steps per candidate in the reference implementation
-CPU_DEFAULT_STEPS = 50  # on a CPU: the cifar_resnet56 cost study (experiments/README.md) ranks as at 100 steps
-
-
-STEPS_HELP = (f"adaptor steps per candidate (default: {REFERENCE_STEPS}, the reference's, on a GPU or TPU; "
-              f"{CPU_DEFAULT_STEPS} on a CPU, see experiments/README.md)")
-
-
-def default_steps(platform: str | None = None) -> int:
-    """Adaptor steps per candidate when the user gives none: the reference's on an accelerator, fewer on a CPU.
-
-    On 2 CPU cores 2000 steps x 24 candidates of cifar_resnet56 take many hours; the cost
-    study found the ranking at 50 steps equal to that at 100 (Spearman 0.99) and at 25 close (0.96).
-    """
-    return CPU_DEFAULT_STEPS if (platform or jax.default_backend()) == "cpu" else REFERENCE_STEPS
+from practise_jax.transforms import Views
 
 
 @dataclasses.dataclass(frozen=True)
 class RecoverConfig:
-    """Adaptor-training settings; defaults are the reference's, except ``steps`` (see experiments)."""
+    """Adaptor-training settings: the reference's, except ``steps`` (`defaults.adaptor_steps`: fewer on a CPU)."""
 
-    steps: int = REFERENCE_STEPS
-    batch_size: int = 64
-    lr: float = 0.02
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    decay_every: float = 0.4  # lr x0.1 every this fraction of the steps (StepLR, stepped per iteration)
+    steps: int = dataclasses.field(default_factory=defaults.adaptor_steps)
+    batch_size: int = defaults.BATCH_SIZE
+    lr: float = defaults.ADAPTOR_LR
+    momentum: float = defaults.MOMENTUM
+    weight_decay: float = defaults.WEIGHT_DECAY
+    decay_every: float = defaults.DECAY_EVERY
     seed: int = 0  # augmentation and batch order
 
     def __post_init__(self):
@@ -79,20 +63,42 @@ class RecoverConfig:
             raise UserError(f"batch size must be at least 1, got {self.batch_size}.")
 
 
-def scoring_settings(model: str, weights: str | None, data: str, shots: int, seed: int, config: RecoverConfig) -> dict:
-    """Everything a recoverability result depends on; keys its results store, so results never mix."""
+def fingerprint(*arrays_or_trees) -> str:
+    """A sha256 of arrays (shapes, dtypes and bytes) and of the paths of pytrees holding them."""
+    digest = hashlib.sha256()
+    for item in arrays_or_trees:
+        for path, leaf in jax.tree_util.tree_flatten_with_path(item)[0]:
+            array = np.asarray(jax.random.key_data(leaf) if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key) else leaf)
+            digest.update(f"{jax.tree_util.keystr(path)}|{array.dtype}|{array.shape}|".encode())
+            digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:24]
+
+
+def scoring_settings(teacher: nnx.Module, images: np.ndarray, views: Views, config: RecoverConfig) -> dict:
+    """Everything R depends on, from the inputs themselves: keys a results store, so results never mix.
+
+    The teacher (its class and every weight), the tiny set's pixels (so the
+    draw, its size and the stored image size are all in), the views (recipe,
+    normalisation) and the adaptor-training settings.
+    """
     return {
-        "model": model, "weights": str(Path(weights).resolve()) if weights else None, "data": data,
-        "shots": shots, "seed": seed, "steps": config.steps, "batch_size": config.batch_size,
-        "lr": config.lr, "momentum": config.momentum, "weight_decay": config.weight_decay,
+        "teacher": f"{type(teacher).__qualname__}:{fingerprint(nnx.state(teacher, (nnx.Param, nnx.BatchStat)))}",
+        "images": f"{tuple(images.shape)}:{fingerprint(np.asarray(images))}",
+        "views": dataclasses.asdict(views),
+        **{k: v for k, v in dataclasses.asdict(config).items()},
     }
 
 
-def step_decay_sgd(config: RecoverConfig) -> optax.GradientTransformation:
-    """SGD with coupled L2 weight decay (added before momentum) and StepLR(0.4 x steps, 0.1)."""
-    schedule = optax.exponential_decay(
-        config.lr, transition_steps=max(1, int(config.decay_every * config.steps)), decay_rate=0.1, staircase=True)
-    return optax.chain(optax.add_decayed_weights(config.weight_decay), optax.sgd(schedule, momentum=config.momentum))
+def step_decay_sgd(lr: float, steps: int, *, momentum: float = defaults.MOMENTUM, weight_decay: float = defaults.WEIGHT_DECAY,
+                   decay_every: float = defaults.DECAY_EVERY) -> optax.GradientTransformation:
+    """SGD with coupled L2 weight decay (added before momentum) and StepLR(decay_every x steps, 0.1)."""
+    schedule = optax.exponential_decay(lr, transition_steps=max(1, int(decay_every * steps)), decay_rate=0.1, staircase=True)
+    return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(schedule, momentum=momentum))
+
+
+def adaptor_optimizer(config: RecoverConfig) -> optax.GradientTransformation:
+    return step_decay_sgd(config.lr, config.steps, momentum=config.momentum, weight_decay=config.weight_decay,
+                          decay_every=config.decay_every)
 
 
 def batch_indices(count: int, batch_size: int, rng: np.random.RandomState) -> Iterator[np.ndarray]:
@@ -114,35 +120,26 @@ def mse(a: jax.Array, b: jax.Array) -> jax.Array:
 class Candidate:
     """A student lacking some blocks, with identity adaptors around the gaps, split for pure training."""
 
-    block: str
+    blocks: tuple[str, ...]
     sites: list
     start: str  # first adapted block; teacher and student agree before it
     graphdef: nnx.GraphDef
     adaptors: nnx.State
     frozen: nnx.State
 
+    @property
+    def name(self) -> str:
+        return ",".join(self.blocks)
 
-def build_candidate(teacher: ZooModel, blocks: Sequence[str]) -> Candidate:
-    """The teacher minus ``blocks`` (weights copied), with adaptors at the reference's sites.
 
-    One block is the reference's candidate. For several, the sites are the
-    union of each block's sites; a site inside another dropped block is gone.
-    """
-    student = model_zoo.prune(teacher, blocks)
-    to_student = {original: new for new, original in zip(student.blocks, student.origin)}
-    to_original = dict(zip(teacher.blocks, teacher.origin))
-    sites = []
-    for block in blocks:
-        for site in adaptor_lib.teacher_sites(teacher, block):
-            address = to_student.get(to_original[f"{site.path[0]}.{site.path[1]}"])
-            if address is not None:
-                group, index = address.rsplit(".", 1)
-                sites.append(adaptor_lib.Site((group, int(index)) + tuple(site.path[2:]), site.kind))
-    sites = list(dict.fromkeys(sites))
-    adaptor_lib.attach(student, sites)
+def build_candidate(teacher: nnx.Module, blocks: Sequence[str]) -> Candidate:
+    """The teacher minus ``blocks`` (weights shared, not copied), with identity adaptors at the reference's sites."""
+    blocks = protocol.check_drop_set(teacher, blocks)
+    sites = adaptor_lib.placement(teacher, blocks)
+    student = adaptor_lib.attach(surgery.drop(teacher, blocks), sites)
     student.eval()
     graphdef, adaptors, frozen = nnx.split(student, Adaptor, ...)
-    return Candidate(",".join(blocks), sites, adaptor_lib.first_adapted_block(student, sites), graphdef, adaptors, frozen)
+    return Candidate(blocks, sites, adaptor_lib.first_adapted_block(student, sites), graphdef, adaptors, frozen)
 
 
 def _student_features(candidate: Candidate, adaptors, frozen, h):
@@ -150,19 +147,20 @@ def _student_features(candidate: Candidate, adaptors, frozen, h):
     return nnx.merge(candidate.graphdef, adaptors, frozen)(h, start=candidate.start)[1]["pre_gap"]
 
 
-def make_lockstep_step(teacher: ZooModel, candidates: Sequence[Candidate], config: RecoverConfig, views: Views):
+def _forward_order(teacher: nnx.Module, wanted) -> list[str]:
+    return [b.address for b in protocol.blocks(teacher) if b.address in wanted]
+
+
+def make_lockstep_step(teacher: nnx.Module, candidates: Sequence[Candidate], config: RecoverConfig, views: Views):
     """One jit-compiled training step of every candidate, from one teacher pass.
 
     Returns the optimizer (for ``init``) and
-    ``step(adaptors, opt_states, frozen, teacher_state, images, key) -> (adaptors, opt_states, losses)``,
-    lists in candidate order. The teacher pass gives the augmented batch's
-    input of each student's first adapted block and the mimic target; each
-    student then runs and backpropagates from there. The candidates' updates
-    are independent parts of one computation, so XLA can run them side by side.
+    ``step(adaptors, opt_states, frozen, teacher_state, images, index, key) -> (adaptors, opt_states, losses)``,
+    lists in candidate order; the batch ``images[index]`` is gathered inside the step.
     """
     teacher_graphdef = nnx.graphdef(teacher)
     starts = _forward_order(teacher, {c.start for c in candidates})
-    optimizer = step_decay_sgd(config)
+    optimizer = adaptor_optimizer(config)
 
     def update(candidate, adaptors, opt_state, frozen, h, target):
         loss, grads = jax.value_and_grad(lambda a: mse(_student_features(candidate, a, frozen, h), target))(adaptors)
@@ -170,18 +168,18 @@ def make_lockstep_step(teacher: ZooModel, candidates: Sequence[Candidate], confi
         return optax.apply_updates(adaptors, updates), opt_state, loss
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def step(adaptors, opt_states, frozen, teacher_state, images, key):
-        teacher = nnx.merge(teacher_graphdef, teacher_state)
-        inputs = teacher.block_inputs(views.train(key, images), starts)
-        target = teacher(inputs[starts[-1]], start=starts[-1])[1]["pre_gap"]
+    def step(adaptors, opt_states, frozen, teacher_state, images, index, key):
+        model = nnx.merge(teacher_graphdef, teacher_state)
+        inputs = model.block_inputs(views.train(key, images[index]), starts)
+        target = model(inputs[starts[-1]], start=starts[-1])[1]["pre_gap"]
         results = [update(c, a, o, f, inputs[c.start], target)
                    for c, a, o, f in zip(candidates, adaptors, opt_states, frozen)]
-        return [r[0] for r in results], [r[1] for r in results], [r[2] for r in results]
+        return [r[0] for r in results], [r[1] for r in results], jnp.stack([r[2] for r in results])
 
     return optimizer, step
 
 
-def teacher_targets(teacher: ZooModel, images: np.ndarray, views: Views, batch_size: int) -> list[jax.Array]:
+def teacher_targets(teacher: nnx.Module, images: np.ndarray, views: Views, batch_size: int) -> list[jax.Array]:
     """The teacher's pre_gap features of the metric view, per batch; shared by every candidate."""
     teacher.eval()
     graphdef, state = nnx.split(teacher)
@@ -189,11 +187,10 @@ def teacher_targets(teacher: ZooModel, images: np.ndarray, views: Views, batch_s
     return [forward(state, images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
 
 
-def make_metric(teacher: ZooModel, candidates: Sequence[Candidate], images: np.ndarray, views: Views, targets,
+def make_metric(teacher: nnx.Module, candidates: Sequence[Candidate], images: np.ndarray, views: Views, targets,
                 batch_size: int):
     """``adaptors per candidate -> MSE per candidate`` over the whole metric set (element-wise, as the reference's
-    batch-weighted mean of batch MSEs). Each metric batch goes through the teacher's prefix once for all candidates,
-    in one compiled computation with every candidate's distance."""
+    batch-weighted mean of batch MSEs), every candidate's distance from one teacher prefix pass per batch."""
     graphdef, state = nnx.split(teacher)
     starts = _forward_order(teacher, {c.start for c in candidates})
     frozen = [c.frozen for c in candidates]
@@ -214,18 +211,18 @@ def make_metric(teacher: ZooModel, candidates: Sequence[Candidate], images: np.n
     return metric
 
 
-def _forward_order(teacher: ZooModel, addresses) -> list[str]:
-    return [a for a, _ in teacher.residual_blocks() if a in addresses]
+def _progress_label(names: Sequence[str]) -> str:
+    return f"recover {names[0]}" + (f"..{names[-1]} ({len(names)})" if len(names) > 1 else "")
 
 
-def train_lockstep(teacher: ZooModel, drop_sets: Sequence[Sequence[str]], images: np.ndarray, views: Views,
-                   config: RecoverConfig, targets=None, progress: bool = True) -> list[tuple[Candidate, nnx.State, dict]]:
+def train_lockstep(teacher: nnx.Module, drop_sets: Sequence[Sequence[str]], images: np.ndarray, views: Views,
+                   config: RecoverConfig, targets=None, progress: bool = False) -> list[tuple[Candidate, nnx.State, dict]]:
     """Train the adaptors of one student per drop set, all in step: each augmented batch goes through the teacher once.
 
     Every student sees the batches and keys it would see alone (they depend on
-    ``config.seed`` only), so this equals training them one at a time; it saves
-    the teacher's pass for all but one. Returns (candidate, trained adaptors,
-    figures) per drop set.
+    ``config.seed`` only), so this equals training them one at a time. Returns
+    (candidate, trained adaptors, figures) per drop set. The losses stay on the
+    device until the last step (no host sync per step).
     """
     teacher.eval()
     _, teacher_state = nnx.split(teacher)
@@ -239,51 +236,41 @@ def train_lockstep(teacher: ZooModel, drop_sets: Sequence[Sequence[str]], images
     adaptors = [jax.tree.map(jnp.array, c.adaptors) for c in candidates]  # own copies: the step donates its buffers
     opt_states = [optimizer.init(a) for a in adaptors]
     frozen = [c.frozen for c in candidates]
-    losses = [jnp.nan] * len(candidates)
+    losses = None
     device_images = jnp.asarray(images)
     batches = batch_indices(len(images), config.batch_size, np.random.RandomState(config.seed))
     keys = jax.random.split(jax.random.key(config.seed), config.steps)
-    names = [c.block for c in candidates]
+    names = [c.name for c in candidates]
     started = time.perf_counter()
-    for i in tqdm(range(config.steps), desc=f"recover {names[0]}" + (f"..{names[-1]} ({len(names)})" if len(names) > 1 else ""),
-                  unit="step", disable=not progress, leave=False):
-        adaptors, opt_states, losses = step(adaptors, opt_states, frozen, teacher_state, device_images[next(batches)], keys[i])
-    losses = [float(loss) for loss in losses]
+    for i in tqdm(range(config.steps), desc=_progress_label(names), unit="step", disable=not progress, leave=False):
+        adaptors, opt_states, losses = step(adaptors, opt_states, frozen, teacher_state, device_images, next(batches), keys[i])
+    losses = np.asarray(losses, np.float64)
     train_seconds = time.perf_counter() - started
     for name, loss in zip(names, losses):
         if not np.isfinite(loss):
             raise UserError(f"adaptor training of {name} diverged (loss {loss}); lower the learning rate.")
     recovered = metric(adaptors)
-    return [(candidate, adaptors[k], {"recoverability": recovered[k], "raw_distance": raw[k], "final_train_loss": losses[k],
-                                      "steps": config.steps, "train_seconds": train_seconds / len(candidates)})
+    return [(candidate, adaptors[k], {"recoverability": recovered[k], "raw_distance": raw[k],
+                                      "final_train_loss": float(losses[k]), "steps": config.steps,
+                                      "train_seconds": train_seconds / len(candidates),
+                                      "adaptor_sites": [s.name for s in candidate.sites]})
             for k, candidate in enumerate(candidates)]
 
 
-def recover_lockstep(teacher: ZooModel, blocks: Sequence[str], images: np.ndarray, views: Views, config: RecoverConfig,
-                     targets=None, progress: bool = True) -> list[dict]:
-    """R of each candidate block, the candidates trained in lockstep (`train_lockstep`); one record per block."""
-    trained = train_lockstep(teacher, [[b] for b in blocks], images, views, config, targets, progress)
-    return [{"block": block, **figures, "adaptor_sites": [s.name for s in adaptor_lib.teacher_sites(teacher, block)]}
-            for block, (_, _, figures) in zip(blocks, trained)]  # sites in the teacher's block names
-
-
-def recover(teacher: ZooModel, block: str, images: np.ndarray, views: Views, config: RecoverConfig,
-            targets=None, progress: bool = True) -> dict:
-    """R of one candidate block: its adaptors trained, the distance before training, timings."""
-    return recover_lockstep(teacher, [block], images, views, config, targets, progress)[0]
-
-
-def recovered_student(teacher: ZooModel, blocks: Sequence[str], images: np.ndarray, views: Views,
-                      config: RecoverConfig, progress: bool = True) -> tuple[ZooModel, dict]:
+def recovered_student(teacher: nnx.Module, blocks: Sequence[str], images: np.ndarray, views: Views,
+                      config: RecoverConfig, progress: bool = False) -> tuple[nnx.Module, dict]:
     """The student lacking ``blocks`` with its trained adaptors folded into its convs (a finetune start)."""
     [(candidate, adaptors, figures)] = train_lockstep(teacher, [blocks], images, views, config, progress=progress)
     student = nnx.merge(candidate.graphdef, adaptors, candidate.frozen)
     return adaptor_lib.fold(student), figures
 
 
+# --------------------------------------------------------------------------- the vmapped group
+
+
 @dataclasses.dataclass
 class Group:
-    """Candidates that share their first adapted block, scored together under ``jax.vmap``.
+    """Candidates that share their first adapted block, trained as one batched computation.
 
     The student is the teacher itself with the candidate dropped by a dynamic
     block mask, and identity adaptors at the union of the candidates' sites.
@@ -302,28 +289,26 @@ class Group:
     active: nnx.State  # per site, (K,) 0/1
 
 
-def build_group(teacher: ZooModel, blocks: Sequence[str]) -> Group:
-    sites = [adaptor_lib.teacher_sites(teacher, block) for block in blocks]
+def build_group(teacher: nnx.Module, blocks: Sequence[str]) -> Group:
+    sites = [adaptor_lib.placement(teacher, block) for block in blocks]
     union = list(dict.fromkeys(site for group in sites for site in group))
-    model = model_zoo.prune(teacher, [])  # a copy that will carry the union of adaptors
-    adaptor_lib.attach(model, union)
+    model = adaptor_lib.attach(nnx.clone(teacher), union)
     model.eval()
     starts = {adaptor_lib.first_adapted_block(model, group) for group in sites}
     if len(starts) != 1:
         raise ValueError(f"candidates {list(blocks)} do not share their first adapted block ({sorted(starts)})")
     graphdef, adaptors, frozen = nnx.split(model, Adaptor, ...)
-    masks = jnp.asarray([[0.0 if d == block else 1.0 for d in model.droppable] for block in blocks])
-    flat = nnx.to_flat_state(adaptors)
+    masks = jnp.stack([protocol.mask_of(model, [block]) for block in blocks])
     active = nnx.from_flat_state([
-        (path, variable.replace(jnp.asarray([float(_site_at(path, kind_sites)) for kind_sites in sites])))
-        for path, variable in flat])
+        (path, variable.replace(jnp.asarray([float(_site_at(path, own)) for own in sites])))
+        for path, variable in nnx.to_flat_state(adaptors)])
     return Group(list(blocks), sites, starts.pop(), graphdef, adaptors, frozen, masks, active)
 
 
 def _site_at(path: tuple, sites: list) -> bool:
-    """Whether the adaptor variable at state ``path`` (conv path + ``pre_adaptor``) is one of ``sites``."""
-    kind = path[-1].removesuffix("_adaptor")
-    return any(site.path == tuple(path[:-1]) and site.kind == kind for site in sites)
+    """Whether the adaptor variable at state ``path`` (the wrapper's path + ``pre``/``post``) is one of ``sites``."""
+    conv = ".".join(str(p) for p in path[:-1] if p != "layers")
+    return any(site.path == conv and site.kind == path[-1] for site in sites)
 
 
 def _effective(adaptors, active):
@@ -333,7 +318,7 @@ def _effective(adaptors, active):
 
 def make_group_step(teacher_graphdef, group: Group, config: RecoverConfig, views: Views):
     """One update of every candidate of ``group`` at once: vmap over (adaptors, opt_state, mask, active)."""
-    optimizer = step_decay_sgd(config)
+    optimizer = adaptor_optimizer(config)
     start = group.start
 
     def loss_fn(adaptors, active, mask, frozen, h, target):
@@ -346,17 +331,15 @@ def make_group_step(teacher_graphdef, group: Group, config: RecoverConfig, views
         return optax.apply_updates(adaptors, updates), opt_state, loss
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def step(adaptors, opt_state, masks, active, frozen, teacher_state, images, key):
+    def step(adaptors, opt_state, masks, active, frozen, teacher_state, images, index, key):
         teacher = nnx.merge(teacher_graphdef, teacher_state)
-        x = views.train(key, images)
-        h = jax.lax.stop_gradient(teacher.block_input(x, start))
+        h = jax.lax.stop_gradient(teacher.block_input(views.train(key, images[index]), start))
         target = jax.lax.stop_gradient(teacher(h, start=start)[1]["pre_gap"])
         return jax.vmap(update, in_axes=(0, 0, 0, 0, None, None, None))(adaptors, opt_state, masks, active, frozen, h, target)
 
     @jax.jit
     def distance(adaptors, masks, active, frozen, teacher_state, images, target):
-        teacher = nnx.merge(teacher_graphdef, teacher_state)
-        h = teacher.block_input(views.eval(images), start)
+        h = nnx.merge(teacher_graphdef, teacher_state).block_input(views.eval(images), start)
 
         def one(adaptors, mask, active):
             model = nnx.merge(group.graphdef, _effective(adaptors, active), frozen)
@@ -367,9 +350,9 @@ def make_group_step(teacher_graphdef, group: Group, config: RecoverConfig, views
     return optimizer, step, distance
 
 
-def recover_group(teacher: ZooModel, blocks: Sequence[str], images: np.ndarray, views: Views, config: RecoverConfig,
-                  targets=None, progress: bool = True) -> list[dict]:
-    """`recover` for several candidates in one compiled computation (same batches and keys for each)."""
+def recover_group(teacher: nnx.Module, blocks: Sequence[str], images: np.ndarray, views: Views, config: RecoverConfig,
+                  targets=None, progress: bool = False) -> list[dict]:
+    """R of several candidates in one batched computation (same batches and keys for each); one record per block."""
     teacher.eval()
     teacher_graphdef, teacher_state = nnx.split(teacher)
     if targets is None:
@@ -381,7 +364,7 @@ def recover_group(teacher: ZooModel, blocks: Sequence[str], images: np.ndarray, 
 
     def metric(adaptors):
         total = sum(np.asarray(distance(adaptors, group.masks, group.active, group.frozen, teacher_state,
-                                        images[i:i + config.batch_size], t))
+                                        images[i:i + config.batch_size], t), np.float64)
                     for i, t in zip(range(0, len(images), config.batch_size), targets))
         return total / sum(t.size for t in targets)
 
@@ -393,11 +376,10 @@ def recover_group(teacher: ZooModel, blocks: Sequence[str], images: np.ndarray, 
     keys = jax.random.split(jax.random.key(config.seed), config.steps)
     started = time.perf_counter()
     losses = None
-    for i in tqdm(range(config.steps), desc=f"recover {blocks[0]}..{blocks[-1]} ({count})", unit="step",
-                  disable=not progress, leave=False):
+    for i in tqdm(range(config.steps), desc=_progress_label(blocks), unit="step", disable=not progress, leave=False):
         adaptors, opt_state, losses = step(adaptors, opt_state, group.masks, group.active, group.frozen,
-                                           teacher_state, device_images[next(batches)], keys[i])
-    losses = np.asarray(losses)
+                                           teacher_state, device_images, next(batches), keys[i])
+    losses = np.asarray(losses, np.float64)
     train_seconds = time.perf_counter() - started
     recovered = metric(adaptors)
     records = []
@@ -407,27 +389,35 @@ def recover_group(teacher: ZooModel, blocks: Sequence[str], images: np.ndarray, 
         records.append({
             "block": block, "recoverability": float(recovered[k]), "raw_distance": float(raw[k]),
             "final_train_loss": float(losses[k]), "steps": config.steps, "train_seconds": train_seconds / count,
-            "adaptor_sites": [s.name for s in group.sites[k]], "vmapped_with": list(blocks),
+            "adaptor_sites": [s.name for s in group.sites[k]],
         })
     return records
 
 
-def score_candidates(teacher: ZooModel, blocks: Sequence[str], images: np.ndarray, views: Views,
-                     config: RecoverConfig, store: ResultsStore | None = None, progress: bool = True,
-                     vmap: bool = False) -> list[dict]:
-    """R for every candidate; finished candidates are read back from ``store``.
+# --------------------------------------------------------------------------- every candidate, resumable
 
-    The candidates of a stage are trained together, and stored when they
-    finish: by default in lockstep (`train_lockstep`: one teacher pass per
-    step serves them all, results equal to training them one by one); with
-    ``vmap=True`` in one compiled computation over dynamic block masks
-    (`recover_group`, candidates that share their first adapted block).
+
+def recover_lockstep(teacher: nnx.Module, blocks: Sequence[str], images: np.ndarray, views: Views, config: RecoverConfig,
+                     targets=None, progress: bool = False) -> list[dict]:
+    """R of each candidate block, the candidates trained in lockstep (`train_lockstep`); one record per block."""
+    trained = train_lockstep(teacher, [[b] for b in blocks], images, views, config, targets, progress)
+    return [{"block": block, **figures} for block, (_, _, figures) in zip(blocks, trained)]
+
+
+def score_candidates(teacher: nnx.Module, blocks: Sequence[str], images: np.ndarray, views: Views,
+                     config: RecoverConfig, store: ResultsStore | None = None, progress: bool = False,
+                     vmap: bool = False) -> list[dict]:
+    """R for every candidate; finished candidates are read back from ``store`` and new ones written as they finish.
+
+    The candidates of a group (those whose adaptors start at the same block:
+    a stage) are trained together: by default in lockstep; with
+    ``vmap=True`` as one batched computation over dynamic block masks.
     """
     pending = [b for b in blocks if store is None or b not in store]
     done = {b: store.get(b) for b in blocks if store is not None and b in store}
     targets = teacher_targets(teacher, images, views, config.batch_size) if pending else None
-    units = _stages(teacher, pending) if vmap else stage_groups(pending)
     recover_unit = recover_group if vmap else recover_lockstep
+    units = groups(teacher, pending)
     for unit in tqdm(units, desc="candidates", unit="group", disable=not (progress and units)):
         for record in recover_unit(teacher, unit, images, views, config, targets=targets, progress=progress):
             if store is not None:
@@ -436,18 +426,10 @@ def score_candidates(teacher: ZooModel, blocks: Sequence[str], images: np.ndarra
     return [done[b] for b in blocks]
 
 
-def stage_groups(blocks: Sequence[str]) -> list[list[str]]:
-    """Candidates grouped by stage (``layer2.3`` -> ``layer2``), in order."""
-    groups: dict[str, list[str]] = {}
+def groups(teacher: nnx.Module, blocks: Sequence[str]) -> list[list[str]]:
+    """Candidates grouped by the block where their adaptors start (for a ResNet, their stage), in order."""
+    grouped: dict[str, list[str]] = {}
     for block in blocks:
-        groups.setdefault(block.rsplit(".", 1)[0], []).append(block)
-    return list(groups.values())
-
-
-def _stages(teacher: ZooModel, blocks: Sequence[str]) -> list[list[str]]:
-    """Candidates grouped by the block where their adaptors start (their stage)."""
-    groups: dict[str, list[str]] = {}
-    for block in blocks:
-        start = adaptor_lib.first_adapted_block(teacher, adaptor_lib.teacher_sites(teacher, block))
-        groups.setdefault(start, []).append(block)
-    return list(groups.values())
+        start = adaptor_lib.first_adapted_block(teacher, adaptor_lib.placement(teacher, block))
+        grouped.setdefault(start, []).append(block)
+    return list(grouped.values())

@@ -1,4 +1,4 @@
-"""Block selection: score s(B) = R(B) / tau(B) and the choice of blocks to drop.
+"""Scores and block selection: s(B) = R(B) / tau(B), then top-k or a latency target.
 
 tau is a fraction everywhere in this library; the score divides by tau in
 *percent*, as the reference does (PRACTISE_SPEC.md sections 3-4), so printed
@@ -7,30 +7,106 @@ scores compare with the reference's. The factor 100 never changes a ranking.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 
-from model_zoo.errors import UserError
+from practise_jax.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
-class Scored:
+class Score:
+    """One candidate: recoverability R, latency reduction tau (a fraction), score R / tau%, rank (1 = best)."""
+
     block: str
     recoverability: float
-    tau: float  # fraction of the teacher's latency saved by dropping this block alone
+    tau: float
     score: float  # recoverability / (100 * tau); +inf when the block saves no measurable time
-    rank: int  # 1 = best (smallest score)
+    rank: int
+    raw_distance: float = math.nan  # the feature distance before adaptor training (logged by the reference)
 
 
-def score(recoverability: Mapping[str, float], tau: Mapping[str, float]) -> list[Scored]:
-    """Rank candidates by R / tau(%) ascending; a block that saves nothing ranks last."""
-    raw = []
-    for block, r in recoverability.items():
-        t = tau[block]
-        raw.append((r / (100.0 * t) if t > 0 else math.inf, block, r, t))
-    raw.sort(key=lambda item: (item[0], item[2]))
-    return [Scored(block, r, t, s, rank) for rank, (s, block, r, t) in enumerate(raw, start=1)]
+class Scores(Sequence[Score]):
+    """Every candidate's R, tau and R / tau%, ranked best first; a read-only sequence of `Score` rows.
+
+    ``scores["layer1.2"]`` looks a block up; ``scores.blocks`` lists them by
+    rank; ``scores.to_csv(path)`` writes the table, ``Scores.from_csv`` reads it back.
+    """
+
+    CSV_FIELDS = ("rank", "block", "recoverability", "raw_distance", "tau", "tau_pct", "score")
+
+    def __init__(self, rows: Iterable[Score]):
+        self._rows = tuple(sorted(rows, key=lambda s: s.rank))
+
+    @classmethod
+    def rank(cls, recoverability: Mapping[str, float], tau: Mapping[str, float],
+             raw_distance: Mapping[str, float] | None = None) -> Scores:
+        """Rank candidates by R / tau% ascending (ties: smaller R first); a block that saves nothing ranks last."""
+        missing = [b for b in recoverability if b not in tau]
+        if missing:
+            raise UserError(f"no latency reduction tau for {', '.join(missing)}; profile those blocks too.")
+        raw = []
+        for block, r in recoverability.items():
+            t = tau[block]
+            raw.append((r / (100.0 * t) if t > 0 else math.inf, r, block, t))
+        raw.sort(key=lambda item: (item[0], item[1]))
+        distance = raw_distance or {}
+        return cls(Score(block, r, t, s, rank, distance.get(block, math.nan))
+                   for rank, (s, r, block, t) in enumerate(raw, start=1))
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            for row in self._rows:
+                if row.block == key:
+                    return row
+            raise KeyError(f"no score for block '{key}'")
+        return self._rows[key]
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @property
+    def blocks(self) -> list[str]:
+        """The candidates, best first."""
+        return [s.block for s in self._rows]
+
+    @property
+    def tau(self) -> dict[str, float]:
+        return {s.block: s.tau for s in self._rows}
+
+    def to_csv(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as file:
+            writer = csv.writer(file)
+            writer.writerow(self.CSV_FIELDS)
+            for s in self._rows:
+                writer.writerow([s.rank, s.block, f"{s.recoverability:.6g}", f"{s.raw_distance:.6g}", f"{s.tau:.6f}",
+                                 f"{100 * s.tau:.3f}", f"{s.score:.6g}"])
+        return path
+
+    @classmethod
+    def from_csv(cls, path: str | os.PathLike) -> Scores:
+        try:
+            with open(path, newline="") as file:
+                rows = list(csv.DictReader(file))
+            return cls(Score(r["block"], float(r["recoverability"]), float(r["tau"]), float(r["score"]), int(r["rank"]),
+                             float(r.get("raw_distance") or math.nan)) for r in rows)
+        except (OSError, KeyError, ValueError) as error:
+            raise UserError(f"cannot read scores from '{path}' ({type(error).__name__}: {error}); "
+                            "give a scores.csv written by Scores.to_csv or `practise-jax score`.") from None
+
+    def __str__(self) -> str:
+        lines = [f"{'rank':>4}  {'block':<14} {'R':>10} {'R no adapt':>10} {'tau %':>7} {'R/tau%':>10}"]
+        lines += [f"{s.rank:>4}  {s.block:<14} {s.recoverability:>10.5f} {s.raw_distance:>10.5f} {100 * s.tau:>7.2f} "
+                  f"{s.score:>10.5f}" for s in self._rows]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"Scores({len(self)} candidates, best {self.blocks[:3]})"
 
 
 def check_count(k: int, candidates: int) -> None:
@@ -47,8 +123,7 @@ def check_reachable(target: float, reachable: float) -> None:
     if reachable < target:
         raise UserError(
             f"a latency reduction of {100 * target:.1f}% is out of reach: dropping every candidate saves about "
-            f"{100 * reachable:.1f}%. Ask for at most that."
-        )
+            f"{100 * reachable:.1f}%. Ask for at most that.")
 
 
 def in_order(order: Sequence[str], tau: Mapping[str, float], target: float) -> list[str]:
@@ -64,13 +139,13 @@ def in_order(order: Sequence[str], tau: Mapping[str, float], target: float) -> l
     return chosen
 
 
-def top_k(scored: Sequence[Scored], k: int) -> list[str]:
+def top_k(scores: Sequence[Score], k: int) -> list[str]:
     """The k blocks with the smallest scores."""
-    check_count(k, len(scored))
-    return [s.block for s in sorted(scored, key=lambda s: s.rank)[:k]]
+    check_count(k, len(scores))
+    return [s.block for s in sorted(scores, key=lambda s: s.rank)[:k]]
 
 
-def for_speedup(scored: Sequence[Scored], target: float, resolution: float = 1e-4) -> list[str]:
+def for_speedup(scores: Sequence[Score], target: float, resolution: float = 1e-4) -> list[str]:
     """The drop set whose summed single-block tau reaches ``target`` with the least total score.
 
     Exact min-cost cover by dynamic programming over tau in steps of
@@ -78,7 +153,7 @@ def for_speedup(scored: Sequence[Scored], target: float, resolution: float = 1e-
     predicts the set's tau; measure the chosen set to confirm it.
     """
     check_target(target)
-    usable = [s for s in scored if s.tau > 0 and math.isfinite(s.score)]
+    usable = [s for s in scores if s.tau > 0 and math.isfinite(s.score)]
     check_reachable(target, sum(s.tau for s in usable))
     need = math.ceil(target / resolution - 1e-9)
     best: list[tuple[float, tuple[int, ...]] | None] = [None] * (need + 1)  # best[t]: least cost covering >= t units
@@ -93,4 +168,4 @@ def for_speedup(scored: Sequence[Scored], target: float, resolution: float = 1e-
             if best[total] is None or cost < best[total][0]:
                 best[total] = (cost, best[covered][1] + (i,))
     chosen = {usable[i].block for i in best[need][1]}
-    return [s.block for s in sorted(scored, key=lambda s: s.rank) if s.block in chosen]
+    return [s.block for s in sorted(scores, key=lambda s: s.rank) if s.block in chosen]

@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from model_zoo.errors import UserError
+from practise_jax.errors import UserError
 
 
 def differing_keys(a: dict, b: dict) -> list[str]:

@@ -35,15 +35,10 @@ import dataclasses
 import functools
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
-
 import jax
 import jax.numpy as jnp
 
-from model_zoo.errors import UserError
-
-if TYPE_CHECKING:
-    from model_zoo.registry import ModelInfo
+from practise_jax.errors import UserError
 
 SMALL_INPUT = 32  # models with inputs up to this size use the CIFAR recipe
 RRC_SCALE = (0.08, 1.0)
@@ -56,8 +51,13 @@ def small_recipe(input_size: int) -> bool:
     return input_size <= SMALL_INPUT
 
 
-def normalise(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
-    """Pixels in 0..255 (uint8 or float) NHWC -> float32, (x / 255 - mean) / std per channel."""
+def normalise(images: jax.Array, mean: Sequence[float] | None, std: Sequence[float] | None) -> jax.Array:
+    """Pixels in 0..255 (uint8 or float) NHWC -> float32, (x / 255 - mean) / std per channel.
+
+    ``mean=None``: the images are model inputs already (normalised floats) and pass through as float32.
+    """
+    if mean is None:
+        return images.astype(jnp.float32)
     x = images.astype(jnp.float32) / 255.0
     return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
@@ -214,8 +214,8 @@ class Views:
     recipe: str  # one of RECIPES
     input_size: int
     stored_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    mean: tuple[float, ...] | None  # None: the images are normalised model inputs already
+    std: tuple[float, ...] | None
 
     def _check(self, images) -> None:
         if images.ndim != 4 or images.shape[-1] != 3:
@@ -243,24 +243,55 @@ class Views:
         return imagenet_eval_view(images, self.input_size, self.mean, self.std)
 
 
-def views_for(info: ModelInfo, stored_size: int, *, out_of_domain: bool = False) -> Views:
-    """The views of ``info``'s recipe: CIFAR for inputs up to 32 pixels, ImageNet otherwise.
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    """What a model takes: ``size`` x ``size`` RGB images normalised as ``(x / 255 - mean) / std``.
+
+    ``source`` says where the normalisation came from: ``"given"`` by the
+    user, ``"assumed"`` (a registry default nobody confirmed for these
+    weights) or ``"checkpoint"`` (stored with a compressed model).
+    """
+
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    source: str = "given"
+
+    def __post_init__(self):
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise UserError(f"the normalisation needs 3 means and 3 stds (R, G, B), got mean={list(self.mean)} "
+                            f"std={list(self.std)}.")
+        if any(not s > 0 for s in self.std):
+            raise UserError(f"every std must be positive (it divides the pixels), got std={list(self.std)}.")
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+
+    def describe(self) -> str:
+        """``mean (..) std (..), given`` — for summaries and reports."""
+        def fmt(values):
+            return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+
+        return f"mean {fmt(self.mean)} std {fmt(self.std)}, {self.source}"
+
+
+def views_for(spec: InputSpec, stored_size: int, *, out_of_domain: bool = False) -> Views:
+    """The views of a model taking ``spec``: the CIFAR recipe for inputs up to 32 pixels, ImageNet's otherwise.
 
     ``stored_size`` is the side of the stored square images (see
     `practise_jax.data.stored_size`); ``out_of_domain`` selects section 7's
     Resize + RandomCrop without flip for training.
     """
-    size = int(info.input_size)
+    size = int(spec.size)
     if stored_size < size:
-        raise UserError(f"{info.name} takes {size}x{size} inputs but the images are stored at {stored_size}x{stored_size}; "
+        raise UserError(f"the model takes {size}x{size} inputs but the images are stored at {stored_size}x{stored_size}; "
                         f"load them with image_size={size}.")
     if out_of_domain:
         recipe = "out_of_domain"
     elif small_recipe(size):
         if stored_size != size:
-            raise UserError(f"{info.name} takes {size}x{size} inputs and its recipe crops with padding at that size, "
+            raise UserError(f"the model takes {size}x{size} inputs and its recipe crops with padding at that size, "
                             f"but the images are stored at {stored_size}x{stored_size}; load them with image_size={size}.")
         recipe = "cifar"
     else:
         recipe = "imagenet"
-    return Views(recipe, size, int(stored_size), tuple(float(m) for m in info.mean), tuple(float(s) for s in info.std))
+    return Views(recipe, size, int(stored_size), spec.mean, spec.std)

@@ -8,7 +8,7 @@ from pathlib import Path
 import jax
 import pytest
 
-from practise_jax import xla_cpu
+from practise_jax import jit_cache, xla_cpu
 
 xla_cpu.use_fast_flags()  # the kernels users get from the practise-jax command
 jax.config.update("jax_default_matmul_precision", "highest")
@@ -33,10 +33,15 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(autouse=True, scope="session")
-def private_latency_cache(tmp_path_factory):
-    """Tests measure into a cache of their own, never the user's (~/.cache/practise-jax)."""
+def private_caches(tmp_path_factory):
+    """Tests measure into caches of their own, never the user's (~/.cache/practise-jax).
+
+    Compiled programs are kept for the session: the many tiny models and runs of
+    the suite compile the same programs again and again.
+    """
     previous = os.environ.get("PRACTISE_CACHE")
     os.environ["PRACTISE_CACHE"] = str(tmp_path_factory.mktemp("practise_cache"))
+    jit_cache.use_persistent_cache(min_compile_seconds=0)
     yield
     if previous is None:
         os.environ.pop("PRACTISE_CACHE")

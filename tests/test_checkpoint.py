@@ -10,10 +10,10 @@ import pytest
 from flax import nnx
 
 import practise_jax
-from model_zoo.errors import UserError
-from model_zoo.layers import Adaptor
-from practise_jax import checkpoint
+from practise_jax import adaptors, checkpoint, protocol
 from practise_jax.cli import main
+from practise_jax.errors import UserError
+from practise_jax.transforms import InputSpec
 from tiny_models import TINY, images, logits, tiny_model
 
 
@@ -26,8 +26,8 @@ def test_round_trip_gives_identical_outputs(tmp_path, name):
     x = images(name)
     np.testing.assert_array_equal(logits(loaded, x), logits(model, x))
     assert read == spec
-    assert (loaded.model_name, loaded.dropped, loaded.blocks, loaded.origin) == (model.model_name, model.dropped, model.blocks, model.origin)
-    assert loaded.overrides == model.overrides  # so prune / create of the loaded model rebuild the same shapes
+    assert (loaded.model_name, protocol.dropped(loaded)) == (model.model_name, protocol.dropped(model))
+    assert loaded.overrides == model.overrides and loaded.input_spec == model.input_spec
     assert all(bn.use_running_average for _, bn in nnx.iter_graph(loaded) if isinstance(bn, nnx.BatchNorm))
 
     data = json.loads((tmp_path / "ckpt" / "architecture.json").read_text())
@@ -40,12 +40,14 @@ def test_round_trip_gives_identical_outputs(tmp_path, name):
 def test_spec_records_normalisation_input_size_and_dtype_overrides(tmp_path):
     model = tiny_model("cifar_resnet20")
     model.overrides = model.overrides + (("dtype", jnp.float32),)
-    spec = checkpoint.save_compressed(tmp_path / "c", model, normalization=((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)), input_size=40)
+    given = InputSpec(40, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "given")
+    spec = checkpoint.save_compressed(tmp_path / "c", model, input_spec=given)
     data = json.loads((tmp_path / "c" / "architecture.json").read_text())
     assert data["mean"] == [0.5] * 3 and data["std"] == [0.25] * 3 and data["input_size"] == 40
-    assert data["overrides"]["dtype"] == {"dtype": "float32"}
+    assert data["normalization"] == "given" and data["overrides"]["dtype"] == {"dtype": "float32"}
     loaded, read = checkpoint.load_compressed(tmp_path / "c")
     assert read.overrides["dtype"] == jnp.float32 and read.mean == (0.5, 0.5, 0.5) and spec.input_size == 40
+    assert loaded.input_spec == given
     x = images("cifar_resnet20")
     np.testing.assert_array_equal(logits(loaded, x), logits(model, x))
 
@@ -107,7 +109,7 @@ def test_unknown_format_version(tmp_path):
     spec_file = tmp_path / "c" / "architecture.json"
     data = json.loads(spec_file.read_text())
     spec_file.write_text(json.dumps(data | {"format_version": checkpoint.FORMAT_VERSION + 1}))
-    with pytest.raises(UserError, match="format version 2.*upgrade practise-jax"):
+    with pytest.raises(UserError, match="format version 3.*upgrade practise-jax"):
         checkpoint.load_compressed(tmp_path / "c")
 
 
@@ -125,10 +127,29 @@ def test_save_refuses_a_foreign_directory_and_adaptors(tmp_path):
         checkpoint.save_compressed(tmp_path, tiny_model("cifar_resnet20"))
     assert (tmp_path / "mine.txt").read_text() == "keep me"
 
-    model = tiny_model("cifar_resnet20")
-    model.layer2[1].conv1.pre_adaptor = Adaptor(jnp.eye(8))
-    with pytest.raises(UserError, match=r"layer2\.1\.conv1.*adaptors\.fold"):
+    model = adaptors.attach(tiny_model("cifar_resnet20"), [adaptors.Site("layer2.2.conv1", adaptors.PRE)])
+    with pytest.raises(UserError, match=r"layer2\.2\.conv1.*adaptors\.fold"):
         checkpoint.save_compressed(tmp_path / "c", model)
+
+
+def test_a_format_1_checkpoint_gets_its_teacher_addresses_back(tmp_path):
+    """practise-jax 0.1 renumbered kept blocks (layer2.2 saved as layer2.1); such checkpoints still load."""
+    import orbax.checkpoint as ocp
+
+    model = tiny_model("cifar_resnet20")  # without layer2.1
+    checkpoint.save_compressed(tmp_path / "c", model)
+    pure = nnx.to_pure_dict(nnx.state(model, (nnx.Param, nnx.BatchStat)))
+    pure["layer2"] = {new: pure["layer2"][old] for new, old in ((0, 0), (1, 2))}
+    weights = tmp_path / "c" / checkpoint.WEIGHTS_DIR
+    import shutil
+    shutil.rmtree(weights)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(weights, pure)
+    spec_file = tmp_path / "c" / checkpoint.SPEC_FILE
+    spec_file.write_text(json.dumps(json.loads(spec_file.read_text()) | {"format_version": 1}))
+    loaded, spec = checkpoint.load_compressed(tmp_path / "c")
+    x = images("cifar_resnet20")
+    np.testing.assert_array_equal(logits(loaded, x), logits(model, x))
 
 
 # --------------------------------------------------------------------------- CLI
@@ -139,7 +160,7 @@ def saved(tmp_path_factory):
     """A tiny CIFAR ResNet-20 checkpoint and a tiny npz of 32 x 32 images."""
     tmp_path = tmp_path_factory.mktemp("cli")
     model = tiny_model("cifar_resnet20")
-    checkpoint.save_compressed(tmp_path / "student", model, normalization=((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
+    checkpoint.save_compressed(tmp_path / "student", model, input_spec=InputSpec(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
     normalised = (pixels.astype(np.float32) / 255 - 0.5) / 0.25

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model_zoo.errors import UserError
+from practise_jax.errors import UserError
 from practise_jax import data as data_lib
+from practise_jax.data import folders
+from practise_jax.data import images as images_lib
 
 
 def write_image(path, size=(40, 30), mode="RGB", colour=(200, 30, 60), fmt=None):
@@ -50,7 +52,7 @@ def test_folder_classes_are_sorted_subfolders_and_modes_become_rgb(class_folder)
     grey = data.images[0]  # ant/a.JPEG, greyscale
     assert np.all(grey[..., 0] == grey[..., 1]) and np.all(grey[..., 1] == grey[..., 2])
     assert data.images[4].mean(axis=(0, 1))[0] > 200  # cat/b.png, palette red
-    files, labels, classes = data_lib.list_folder(str(class_folder))
+    files, labels, classes = folders.list_folder(str(class_folder))
     assert classes == ["ant", "bee", "cat"] and len(files) == 5
 
 
@@ -68,10 +70,10 @@ def test_varying_sizes_need_an_image_size(class_folder):
 def test_fit_image_is_resize_shorter_side_then_centre_crop():
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, (375, 500, 3), dtype=np.uint8))
-    fitted = data_lib.fit_image(image, 224)
+    fitted = images_lib.fit_image(image, 224)
     expected = np.asarray(image.resize((341, 256), Image.BILINEAR))[:, 42:298]  # int(256*500/375)=341, left=round(42.5)
     np.testing.assert_array_equal(fitted, expected)
-    assert data_lib.fit_image(image, 32).shape == (32, 32, 3)  # small models: straight to S x S
+    assert images_lib.fit_image(image, 32).shape == (32, 32, 3)  # small models: straight to S x S
 
 
 def test_unreadable_image_is_named(class_folder):
@@ -80,7 +82,7 @@ def test_unreadable_image_is_named(class_folder):
     with pytest.raises(UserError, match="cannot read image .*broken.jpg"):
         data_lib.load_source(f"folder:{class_folder}", image_size=32)
     # Only chosen images are decoded: a set that leaves the bad file out loads.
-    files, _, _ = data_lib.list_folder(str(class_folder))
+    files, _, _ = folders.list_folder(str(class_folder))
     keep = [i for i, f in enumerate(files) if f.name != "broken.jpg"]
     assert len(data_lib.load_source(f"folder:{class_folder}", image_size=32, indices=keep)) == len(keep)
 
@@ -111,7 +113,7 @@ def test_flat_folder_with_label_table(tmp_path):
     (root / "labels.csv").write_text("file,class_index,class_name\nimages/n1_a.JPEG,0,a\nimages/n2_b.JPEG,7,b\n")
     data = data_lib.load_source(f"folder:{root}", image_size=32)
     assert data.labels.tolist() == [0, 7] and data.images.shape == (2, 32, 32, 3)
-    assert data_lib.list_folder(str(root / "labels.csv"))[2] == ["a", "b"]
+    assert folders.list_folder(str(root / "labels.csv"))[2] == ["a", "b"]
     (root / "labels.csv").write_text("file,label\nimages/missing.JPEG,0\n")
     with pytest.raises(UserError, match="missing.JPEG' does not exist"):
         data_lib.load_source(f"folder:{root}")

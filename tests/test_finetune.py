@@ -1,4 +1,4 @@
-"""The finetune loop: what each method trains, exact resume, NaN stop."""
+"""The finetune loop: what each loss trains, exact resume, the NaN stop, no teacher for CE."""
 
 import dataclasses
 
@@ -7,39 +7,36 @@ import numpy as np
 import pytest
 from flax import nnx
 
-import model_zoo
-from model_zoo.errors import UserError
-from practise_jax import finetune as ft
-from practise_jax.transforms import views_for
-
-VIEW = views_for(model_zoo.get_info("cifar_resnet20"), 32).train
+import practise_jax as pj
+from practise_jax import finetuning as ft
+from practise_jax.errors import UserError
+from tiny_models import tiny_model
 
 
 @pytest.fixture(scope="module")
 def setup():
-    teacher = model_zoo.create("cifar_resnet20", rngs=nnx.Rngs(0), widths=(4, 8, 16))
-    teacher.eval()
+    teacher = tiny_model("cifar_resnet20", dropped=())
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, 16)
-    return teacher, images, labels
+    return teacher, images, labels, pj.views(teacher, images).train
 
 
 def student_of(teacher):
-    return model_zoo.prune(teacher, ["layer2.1"])
+    return pj.drop(teacher, ["layer2.1"])
 
 
 def params(model):
     return jax.tree.map(np.asarray, nnx.state(model, nnx.Param))
 
 
-@pytest.mark.parametrize("method, head_trained", [("mimic", False), ("ce", True)])
-def test_what_each_method_trains(setup, method, head_trained):
-    teacher, images, labels = setup
+@pytest.mark.parametrize("loss, head_trained", [("mimic", False), ("ce", True)])
+def test_what_each_loss_trains(setup, loss, head_trained):
+    teacher, images, labels, view = setup
     student = student_of(teacher)
     before = params(student)
-    config = ft.FinetuneConfig(method=method, steps=3, batch_size=8, lr=0.01)
-    trained, history = ft.finetune(student, teacher, images, labels, config, VIEW, progress=False)
+    config = ft.FinetuneConfig(loss=loss, steps=3, batch_size=8, lr=0.01)
+    trained, history = ft.finetune(student, teacher, images, labels, config, view)
     after = params(trained)
     assert not np.array_equal(before["conv1"]["kernel"], after["conv1"]["kernel"])
     head_changed = not np.array_equal(before["linear"]["kernel"], after["linear"]["kernel"])
@@ -47,40 +44,56 @@ def test_what_each_method_trains(setup, method, head_trained):
     assert any("loss" in h for h in history)
 
 
-def test_mimic_loss_goes_down(setup):
-    teacher, images, labels = setup
-    config = ft.FinetuneConfig(steps=30, batch_size=16, lr=0.01, decay_every=1.0)
-    _, history = ft.finetune(student_of(teacher), teacher, images, labels, config, VIEW, progress=False)
-    losses = [h["loss"] for h in history if "loss" in h]
-    assert losses[-1] < losses[0]
+def test_mimic_loss_goes_down_and_is_read_back_in_batches(setup):
+    teacher, images, labels, view = setup
+    config = ft.FinetuneConfig(steps=30, batch_size=16, lr=0.01, decay_every=1.0, log_every=7)
+    _, history = ft.finetune(student_of(teacher), teacher, images, labels, config, view)
+    losses = [h for h in history if "loss" in h]
+    assert [h["step"] for h in losses] == [10, 20, 30]
+    assert losses[-1]["loss"] < losses[0]["loss"]
 
 
 def test_a_killed_run_resumes_exactly(setup, tmp_path):
-    teacher, images, labels = setup
+    teacher, images, labels, view = setup
     config = ft.FinetuneConfig(steps=6, batch_size=8, lr=0.01, save_every=2)
-    whole, _ = ft.finetune(student_of(teacher), teacher, images, labels, config, VIEW, progress=False)
-
+    whole, _ = ft.finetune(student_of(teacher), teacher, images, labels, config, view)
     path = tmp_path / "state.npz"
 
     def kill(model):  # the evaluation at step 5 comes after the save at step 4: a kill there loses step 5
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        ft.finetune(student_of(teacher), teacher, images, labels, dataclasses.replace(config, eval_every=5), VIEW,
-                    evaluate=kill, state_path=path, progress=False)
-    resumed, _ = ft.finetune(student_of(teacher), teacher, images, labels, config, VIEW, state_path=path, progress=False)
+        ft.finetune(student_of(teacher), teacher, images, labels, dataclasses.replace(config, eval_every=5), view,
+                    evaluate=kill, state_path=path)
+    resumed, _ = ft.finetune(student_of(teacher), teacher, images, labels, config, view, state_path=path)
     jax.tree.map(np.testing.assert_allclose, params(resumed), params(whole))
 
 
-def test_nan_loss_stops_naming_the_step_and_keeps_the_last_state(setup, tmp_path):
-    teacher, images, labels = setup
-    config = ft.FinetuneConfig(steps=50, batch_size=8, lr=1e6, save_every=1)
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_state(setup, tmp_path):
+    teacher, images, labels, view = setup
+    config = ft.FinetuneConfig(steps=50, batch_size=8, lr=1e6)  # the loss is read back every 10 steps only
     path = tmp_path / "state.npz"
-    with pytest.raises(UserError, match=r"at finetune step \d+") as error:
-        ft.finetune(student_of(teacher), teacher, images, labels, config, VIEW, state_path=path, progress=False)
-    assert path.exists() and "last good state" in str(error.value)
+    with pytest.raises(UserError, match=r"diverged at finetune step (\d+) .*the last good state \(step (\d+)\)") as error:
+        ft.finetune(student_of(teacher), teacher, images, labels, config, view, state_path=path)
+    bad = int(str(error.value).split("finetune step ")[1].split(" ")[0])
+    template = ft.TrainState(0, *nnx.split(student_of(teacher), nnx.Param, ...)[1:], None, [])
+    tx = ft.optimizer(config, ft.trainable_mask(template.params, "linear", "mimic"))
+    template.opt_state = tx.init(template.params)
+    saved = ft.load_state(path, template)
+    assert saved.step == bad - 1
+    assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(saved.params))
 
 
-def test_unknown_method():
+def test_ce_needs_labels_not_a_teacher_and_mimic_needs_a_teacher(setup):
+    teacher, images, labels, _ = setup
+    student, history = pj.finetune(student_of(teacher), images, labels=labels, loss="ce", steps=2, batch_size=8)
+    assert history[-2]["step"] == 2
+    with pytest.raises(UserError, match="learns from a teacher"):
+        pj.finetune(student_of(teacher), images, steps=2)
+    with pytest.raises(UserError, match="needs the images' labels"):
+        pj.finetune(student_of(teacher), images, loss="ce", steps=2)
+
+
+def test_unknown_loss():
     with pytest.raises(UserError, match="mimic, ce, kd"):
-        ft.FinetuneConfig(method="sgd")
+        ft.FinetuneConfig(loss="sgd")

@@ -20,11 +20,9 @@ if keras.backend.backend() != "jax":
     pytest.skip(f"Keras export tests need KERAS_BACKEND=jax, keras runs on {keras.backend.backend()}", allow_module_level=True)
 
 from model_zoo.convert.keras_export import to_keras  # noqa: E402
-from model_zoo.errors import UserError  # noqa: E402
-from model_zoo.layers import Adaptor  # noqa: E402
-from practise_jax import checkpoint  # noqa: E402
-from practise_jax.adaptors import fold  # noqa: E402
+from practise_jax import adaptors, checkpoint, protocol  # noqa: E402
 from practise_jax.cli import main  # noqa: E402
+from practise_jax.errors import UserError  # noqa: E402
 from tiny_models import TINY, images, logits, tiny_model  # noqa: E402
 
 ATOL = 1e-4
@@ -43,9 +41,10 @@ def test_keras_logits_match_and_survive_save_and_reload(tmp_path, name):
     exported.save(tmp_path / "model.keras")
     reloaded = keras.saving.load_model(tmp_path / "model.keras")
     np.testing.assert_allclose(reloaded.predict(x, verbose=0), ours, atol=ATOL, rtol=0)
-    groups = {address.split(".")[0] for address in model.blocks}
+    kept = {b.address for b in protocol.blocks(model)}
+    groups = {address.split(".")[0] for address in kept}
     built = {".".join(layer.name.split(".")[:2]) for layer in reloaded.layers if layer.name.split(".")[0] in groups}
-    assert built == set(model.blocks)  # exactly the blocks of the pruned model, under their (renumbered) names
+    assert built & set(protocol.addresses(model)) == kept  # exactly the kept blocks, under the teacher's names
 
 
 def test_blocks_and_depthwise_convs_map_to_keras_layers():
@@ -54,18 +53,19 @@ def test_blocks_and_depthwise_convs_map_to_keras_layers():
     assert isinstance(layers["features.2.conv.1.0"], keras.layers.DepthwiseConv2D)
     assert isinstance(layers["features.2.conv.1.1"], keras.layers.BatchNormalization)
     assert layers["features.2.conv.1.1"].epsilon == pytest.approx(1e-5)
-    # features.3 dropped: features.4 (the teacher's features.5) is residual, features.2 and .3 open stages
-    assert "features.4.add" in layers and "features.2.add" not in layers and "features.3.add" not in layers
-    assert "features.17.0" in layers and "features.18.0" not in layers  # 18 features built: the last is features.17
+    # features.3 dropped: features.5 is residual, features.2 and .4 open stages; nothing is renumbered
+    assert "features.5.add" in layers and "features.2.add" not in layers and "features.4.add" not in layers
+    assert not any(name.startswith("features.3.") for name in layers)
+    assert "features.18.0" in layers
     assert layers["images"].batch_shape == (None, 64, 64, 3)
 
 
 def test_adaptors_must_be_folded_first():
-    model = tiny_model("cifar_resnet20")
-    model.layer3[1].conv1.pre_adaptor = Adaptor(jnp.eye(16) * 1.5)
+    model = adaptors.attach(tiny_model("cifar_resnet20"), [adaptors.Site("layer3.1.conv1", adaptors.PRE)])
+    model.layer3[1].conv1.pre[...] = jnp.eye(16) * 1.5
     with pytest.raises(UserError, match=r"layer3\.1\.conv1.*adaptors\.fold"):
         to_keras(model)
-    fold(model)
+    adaptors.fold(model)
     x = images("cifar_resnet20")
     np.testing.assert_allclose(to_keras(model).predict(x, verbose=0), logits(model, x), atol=ATOL, rtol=0)
 

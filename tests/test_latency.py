@@ -13,11 +13,14 @@ import math
 import jax
 import jax.numpy as jnp
 import pytest
+from flax import nnx
 
-from model_zoo.errors import UserError
+import model_zoo
+import practise_jax as pj
 from practise_jax import latency
 from practise_jax.cli import main
 from practise_jax.cli.profile_cmd import candidates_from_args
+from practise_jax.errors import UserError
 
 TINY = {"widths": (4, 8, 16)}  # cifar_resnet20 with 4/8/16 channels
 
@@ -113,74 +116,87 @@ def test_spread_and_choose_rounds():
         latency.run_interleaved(lambda: None, [], 0)
 
 
-# --------------------------------------------------------------------------- profile() on a fake model and clock
+# --------------------------------------------------------------------------- profile() on a fake compiler and clock
+
+MODEL = nnx.eval_shape(lambda: model_zoo.create("cifar_resnet20", **TINY))  # shapes are all a latency needs
+SHAPE = (2, 16, 16, 3)
+
 
 class FakeCompiler:
-    """Stands in for ``compile_forward``: each kept block costs 1 s, the stem 4 s; counts compilations."""
+    """Stands in for ``compile_program``: a call takes (parameters / 1000) s on the fake clock; counts compilations."""
 
-    def __init__(self, clock: FakeClock, blocks: int):
+    def __init__(self, clock: FakeClock):
         self.clock = clock
-        self.blocks = blocks
-        self.compiled: list[tuple[str, ...]] = []
+        self.compiled: list[str] = []
 
-    def __call__(self, model, drop, x, *, dtype, device, overrides):
-        self.compiled.append(tuple(drop))
-        seconds = 4.0 + self.blocks - len(drop)
-        cost = latency.Cost(flops=1e9 * seconds, bytes_accessed=1e6 * seconds, params=1000 * seconds)
-        return latency.Compiled(tuple(drop), self.clock.work("+".join(drop) or "teacher", seconds), cost)
+    def __call__(self, prog, device):
+        self.compiled.append(prog.key)
+        seconds = prog.params / 1000
+        cost = latency.Cost(flops=1e9 * seconds, bytes_accessed=1e6 * seconds, params=prog.params)
+        return latency.Compiled(self.clock.work(prog.key, seconds), cost)
 
 
 def fake_profile(tmp_path, candidates=None, **kwargs):
     clock = kwargs.pop("clock", None) or FakeClock()
-    compiler = kwargs.pop("compiler", None) or FakeCompiler(clock, blocks=9)
-    result = latency.profile(
-        "cifar_resnet20", candidates, batch_size=2, image_size=16, repeats=3, clock=clock,
-        cache=latency.Cache(tmp_path / "cache"), compile_fn=compiler, overrides=TINY, **kwargs,
-    )
+    compiler = kwargs.pop("compiler", None) or FakeCompiler(clock)
+    result = latency.profile(MODEL, SHAPE, candidates, repeats=3, clock=clock, cache=latency.Cache(tmp_path / "cache"),
+                             compile_fn=compiler, **kwargs)
     return result, compiler, clock
 
 
-def test_profile_every_single_block_then_cache(tmp_path):
+def params_tau(drop):
+    total = latency.program(MODEL, SHAPE).params
+    return 1 - latency.program(pj.drop(MODEL, drop), SHAPE).params / total
+
+
+def test_profile_every_single_block_identical_blocks_once_then_cache(tmp_path):
     result, compiler, clock = fake_profile(tmp_path)
     droppable = ("layer1.1", "layer1.2", "layer2.1", "layer2.2", "layer3.1", "layer3.2")
     assert [m.drop for m in result.candidates] == [(b,) for b in droppable]
-    assert all(result.tau((b,)) == pytest.approx(1 / 13) for b in droppable)  # 1 s of a 13 s teacher
-    assert result.teacher.tau == 0.0 and result.teacher.calls == 3 * 7
+    assert len(compiler.compiled) == 4 and result.distinct == 3  # the teacher and one block of each stage
+    assert result.tau(("layer1.1",)) == result.tau(("layer1.2",)) == pytest.approx(params_tau(["layer1.1"]))
+    assert result.tau(("layer3.2",)) == pytest.approx(params_tau(["layer3.2"])) != result.tau(("layer1.1",))
+    assert result.tau() == {b: result.tau((b,)) for b in droppable}
+    assert result.teacher.tau == 0.0 and result.teacher.calls == 3 * 4  # A B1 A B2 A B3 A per round
     assert all(m.calls == 3 for m in result.candidates)
-    assert result.flops_tau(("layer1.1",)) == pytest.approx(1 / 13)
-    assert len(compiler.compiled) == 7
+    assert result.flops_tau(("layer1.1",)) == pytest.approx(params_tau(["layer1.1"]))
     assert result.setting.clock == "FakeClock"
 
     again, compiler2, _ = fake_profile(tmp_path)
-    assert compiler2.compiled == []  # nothing built, nothing timed
+    assert compiler2.compiled == []  # nothing compiled, nothing timed
     assert all(m.cached for m in (again.teacher, *again.candidates))
     assert [m.tau for m in again.candidates] == [m.tau for m in result.candidates]
 
     fresh, compiler3, _ = fake_profile(tmp_path, reuse=False)
-    assert len(compiler3.compiled) == 7 and not any(m.cached for m in fresh.candidates)
+    assert len(compiler3.compiled) == 4 and not any(m.cached for m in fresh.candidates)
+
+
+def test_identical_blocks_are_identified_by_their_program():
+    """Same input shape, widths and strides compile to the same program; a stage's first block does not."""
+    keys = {b: latency.program(pj.drop(MODEL, [b]), SHAPE).key for b in ("layer1.1", "layer1.2", "layer2.1", "layer3.1")}
+    assert keys["layer1.1"] == keys["layer1.2"] and len(set(keys.values())) == 3
+    assert latency.program(MODEL, SHAPE).key != keys["layer1.1"]
+    assert latency.program(MODEL, (4,) + SHAPE[1:]).key != latency.program(MODEL, SHAPE).key
 
 
 def test_cache_key_separates_settings(tmp_path):
     fake_profile(tmp_path, ["layer1.1"])
     for change in ({"dtype": "bfloat16"}, {"repeats": 4}, {"warmup": 3}):
         clock = FakeClock()
-        compiler = FakeCompiler(clock, 9)
-        latency.profile(
-            "cifar_resnet20", ["layer1.1"], batch_size=2, image_size=16, clock=clock,
-            cache=latency.Cache(tmp_path / "cache"), compile_fn=compiler, overrides=TINY,
-            **({"repeats": 3} | change),
-        )
-        assert compiler.compiled == [(), ("layer1.1",)], change
+        compiler = FakeCompiler(clock)
+        latency.profile(MODEL, SHAPE, ["layer1.1"], clock=clock, cache=latency.Cache(tmp_path / "cache"),
+                        compile_fn=compiler, **({"repeats": 3} | change))
+        assert len(compiler.compiled) == 2, change
     # a new candidate alone is measured together with a fresh teacher; cached candidates are not rebuilt
     _, compiler, _ = fake_profile(tmp_path, ["layer1.1", "layer2.1"])
-    assert compiler.compiled == [(), ("layer2.1",)]
+    assert len(compiler.compiled) == 2
 
 
 def test_drop_sets_and_additivity(tmp_path):
     result, _, _ = fake_profile(tmp_path, ["layer1.1", "layer2.2", "layer2.2,layer1.1", "layer3.1,layer3.2,layer1.2"])
-    assert result.get(["layer1.1", "layer2.2"]).drop == ("layer1.1", "layer2.2")  # architecture order
-    assert result.tau(["layer1.1", "layer2.2"]) == pytest.approx(2 / 13)
-    assert result.predicted_tau(["layer1.1", "layer2.2"]) == pytest.approx(2 / 13)
+    assert result.get(["layer1.1", "layer2.2"]).drop == ("layer1.1", "layer2.2")  # forward order
+    assert result.tau(["layer1.1", "layer2.2"]) == pytest.approx(params_tau(["layer1.1", "layer2.2"]))
+    assert result.predicted_tau(["layer1.1", "layer2.2"]) == pytest.approx(params_tau(["layer1.1", "layer2.2"]))
     assert result.predicted_tau(["layer3.1", "layer3.2", "layer1.2"]) is None  # singles not profiled
     rows = latency.additivity(result)
     assert [r["drop"] for r in rows] == ["layer1.1+layer2.2", "layer1.2+layer3.1+layer3.2"]
@@ -190,20 +206,27 @@ def test_drop_sets_and_additivity(tmp_path):
         result.get(["layer3.1"])
 
 
-def test_rows_and_csv(tmp_path):
+def test_rows_csv_and_reading_tau_back(tmp_path):
     result, _, _ = fake_profile(tmp_path, ["layer1.1", "layer2.1", "layer1.1,layer2.1"])
     path = tmp_path / "out.csv"
-    latency.write_csv(result.rows(), path)
-    latency.write_csv(result.rows(), path, append=True)
+    latency.write_csv(latency.rows(result), path)
+    latency.write_csv(latency.rows(result), path, append=True)
     rows = list(csv.DictReader(path.open()))
     assert len(rows) == 8 and list(rows[0]) == list(latency.CSV_FIELDS)
     assert [r["kind"] for r in rows[:4]] == ["teacher", "block", "block", "set"]
-    assert rows[3]["drop"] == "layer1.1+layer2.1" and float(rows[3]["tau_predicted"]) == pytest.approx(2 / 13, rel=1e-5)
+    assert rows[3]["drop"] == "layer1.1+layer2.1"
+    assert float(rows[3]["tau_predicted"]) == pytest.approx(params_tau(["layer1.1"]) + params_tau(["layer2.1"]), rel=1e-5)
     assert float(rows[1]["tau_pct"]) == pytest.approx(100 * float(rows[1]["tau"]))
-    for key in ("device_kind", "jax_version", "dtype", "batch_size", "image_size", "clock"):
+    for key in ("device_kind", "jax_version", "dtype", "batch_size", "image_size", "clock", "program"):
         assert rows[1][key]
     table = latency.format_table(result)
-    assert "(teacher)" in table and "layer1.1+layer2.1" in table and "7.69" in table  # 1/13 in percent
+    assert "(teacher)" in table and "layer1.1+layer2.1" in table and "3 distinct programs" in table
+    latency.write_csv(latency.rows(result), path)
+    assert latency.read_tau(path) == pytest.approx({"layer1.1": result.tau(["layer1.1"]), "layer2.1": result.tau(["layer2.1"])},
+                                                   rel=1e-5)
+    (tmp_path / "empty.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(UserError, match="holds no single-block tau"):
+        latency.read_tau(tmp_path / "empty.csv")
 
 
 # --------------------------------------------------------------------------- the cache itself
@@ -231,41 +254,29 @@ def test_default_cache_dir(monkeypatch, tmp_path):
 
 # --------------------------------------------------------------------------- real tiny models
 
-def test_compile_forward_cost_model():
-    x = jnp.zeros((2, 16, 16, 3))
-    full = latency.compile_forward("cifar_resnet20", (), x, overrides=TINY)
-    pruned = latency.compile_forward("cifar_resnet20", ("layer2.1",), x, overrides=TINY)
-    logits = full.run()
-    assert logits.shape == (2, 10)
-    assert full.cost.flops > pruned.cost.flops > 0
-    assert full.cost.bytes_accessed > 0
+def test_programs_cost_model():
+    full = latency.compile_program(latency.program(MODEL, SHAPE), jax.devices()[0])
+    pruned = latency.compile_program(latency.program(pj.drop(MODEL, ["layer2.1"]), SHAPE), jax.devices()[0])
+    assert full.run().shape == (2, 10)
+    assert full.cost.flops > pruned.cost.flops > 0 and full.cost.bytes_accessed > 0
     assert full.cost.params - pruned.cost.params == 2 * 8 * 8 * 9 + 4 * 8  # two 3x3 convs and two BN (scale, bias)
-    half = latency.compile_forward("cifar_resnet20", (), x.astype(jnp.bfloat16), dtype="bfloat16", overrides=TINY)
+    half = latency.compile_program(latency.program(MODEL, SHAPE, "bfloat16"), jax.devices()[0])
     assert half.run().dtype == jnp.bfloat16
 
 
-def test_profile_tiny_model_end_to_end(tmp_path):
-    result = latency.profile(
-        "cifar_resnet20", ["layer3.2", "layer1.1,layer3.2"], batch_size=2, image_size=16, repeats=2,
-        cache=latency.Cache(tmp_path), overrides=TINY,
-    )
+def test_profile_tiny_model_end_to_end_in_the_pinned_child(tmp_path):
+    result = latency.profile(MODEL, SHAPE, ["layer3.2", "layer1.1,layer3.2"], repeats=2, cache=latency.Cache(tmp_path))
     assert result.setting.device_kind == jax.devices()[0].device_kind
     assert result.setting.jax_version == jax.__version__ and result.setting.clock == "wall"
     for m in (result.teacher, *result.candidates):
         assert m.latency.median > 0 and math.isfinite(m.tau)
     assert result.flops_tau(["layer1.1", "layer3.2"]) > result.flops_tau(["layer3.2"]) > 0
-
     assert result.setting.cpu_threads == (1 if jax.devices()[0].platform == "cpu" else 0)
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "sched_getaffinity"), reason="no CPU affinity on this OS")
 def test_the_timing_child_is_pinned_and_single_threaded():
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(1, mp_context=context, initializer=latency._pin_child, initargs=(1,)) as pool:
-        flags, cores = pool.submit(_child_view).result()
+    flags, cores = latency.in_child(1, _child_view)
     assert "--xla_cpu_multi_thread_eigen=false" in flags and "intra_op_parallelism_threads=1" in flags
     assert len(cores) == 1
 
@@ -275,19 +286,19 @@ def _child_view():
     return os.environ["XLA_FLAGS"], sorted(os.sched_getaffinity(0))
 
 
-def test_in_process_and_pinned_measurements_are_cached_apart(tmp_path):
-    settings = [latency.make_setting("cifar_resnet20", batch_size=2, overrides=TINY, cpu_threads=n) for n in (0, 1)]
-    assert settings[0].cache_key(()) != settings[1].cache_key(())
+def test_in_process_and_pinned_measurements_are_cached_apart():
+    settings = [latency.make_setting("m", batch_size=2, image_size=16, cpu_threads=n) for n in (0, 1)]
+    assert settings[0].cache_key("a", "b") != settings[1].cache_key("a", "b")
     with pytest.raises(UserError, match="cpu threads must be between 0"):
-        latency.make_setting("cifar_resnet20", cpu_threads=10_000)
+        latency.make_setting("m", batch_size=2, image_size=16, cpu_threads=10_000)
 
 
 # --------------------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"batch_size": 0}, "batch size must be at least 1"),
-    ({"image_size": 2}, "too small for cifar_resnet20: it downsamples by 4"),
-    ({"image_size": 0}, "image size must be at least 1"),
+    ({"shape": (0, 16, 16, 3)}, "batch size must be at least 1"),
+    ({"shape": (2, 2, 2, 3)}, "too small for cifar_resnet20: it downsamples by 4"),
+    ({"shape": (2, 16, 8, 3)}, "NHWC batch of square images"),
     ({"dtype": "int8"}, "unknown dtype"),
     ({"repeats": 0}, "repeats must be at least 1"),
     ({"candidates": ["layer9.1"]}, "has no block 'layer9.1'"),
@@ -296,18 +307,19 @@ def test_in_process_and_pinned_measurements_are_cached_apart(tmp_path):
     ({"clock": "sundial"}, "unknown clock"),
 ])
 def test_bad_input(tmp_path, kwargs, message):
-    args = {"batch_size": 2, "image_size": 16, "repeats": 1} | kwargs
+    args = {"repeats": 1} | kwargs
     candidates = args.pop("candidates", ["layer1.1"])
+    shape = args.pop("shape", SHAPE)
     with pytest.raises(UserError, match=message):
-        latency.profile("cifar_resnet20", candidates, cache=latency.Cache(tmp_path), overrides=TINY,
-                        compile_fn=FakeCompiler(FakeClock(), 9), **args)
+        latency.profile(MODEL, shape, candidates, cache=latency.Cache(tmp_path), compile_fn=FakeCompiler(FakeClock()), **args)
 
 
 def test_image_size_rule_for_resnet():
-    assert latency.total_stride("resnet34") == 32
+    resnet = nnx.eval_shape(lambda: model_zoo.create("resnet34"))
+    assert latency.total_stride(resnet, 224) == 32
     with pytest.raises(UserError, match="needs at least 32 px"):
-        latency.check_image_size("resnet34", 16)
-    latency.check_image_size("resnet34", 32)
+        latency.check_image_size(resnet, 16, 224)
+    latency.check_image_size(resnet, 32, 224)
 
 
 def test_cli_errors_are_one_line(capsys):
@@ -331,8 +343,8 @@ def test_cli_candidates():
 def test_cli_profile_writes_csv_and_reads_cache(tmp_path, capsys):
     out = tmp_path / "p.csv"
     argv = ["profile", "--model", "cifar_resnet20", "--batch-size", "1", "--image-size", "8", "--repeats", "1",
-            "--singles", "none", "--drop", "layer1.1,layer3.2", "--cache-dir", str(tmp_path / "c"), "--out", str(out),
-            "--quiet"]
+            "--singles", "none", "--drop", "layer1.1,layer3.2", "--cpu-threads", "0", "--cache-dir", str(tmp_path / "c"),
+            "--out", str(out), "--quiet"]
     assert main(argv) == 0
     assert main(argv) == 0
     printed = capsys.readouterr().out

@@ -23,7 +23,7 @@ torch = pytest.importorskip("torch")
 import model_zoo  # noqa: E402
 import torch_reference  # noqa: E402
 from model_zoo.registry import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from practise_jax import cli  # noqa: E402
+from practise_jax import cli, protocol  # noqa: E402
 
 ATOL = 1e-4
 CIFAR_CHECKPOINTS = {
@@ -96,10 +96,10 @@ def random_input(seed: int, batch: int, size: int) -> np.ndarray:
 # --------------------------------------------------------------------------- random weights, every family and format
 
 # name, zoo/reference overrides, input size, weight format
-RANDOM_CASES = [
-    ("resnet18", {"num_classes": 37}, 64, "pth"),
-    ("resnet50", {"num_classes": 100}, 64, "wrapped"),  # {'state_dict': {'module.' + key}} with num_batches_tracked
-    ("mobilenet_v2", {"num_classes": 50}, 64, "safetensors"),
+RANDOM_CASES = [  # narrow widths: the layout and conversion are what is tested, not the arithmetic at scale
+    ("resnet18", {"num_classes": 37, "widths": (8, 16, 16, 24)}, 64, "pth"),
+    ("resnet50", {"num_classes": 100, "widths": (8, 8, 16, 16)}, 64, "wrapped"),  # {'state_dict': {'module.' + key}}
+    ("mobilenet_v2", {"num_classes": 50, "width_mult": 0.35}, 64, "safetensors"),
     ("cifar_resnet20", {"widths": (8, 16, 32), "num_classes": 7}, 32, "npz"),
 ]
 
@@ -116,11 +116,10 @@ def test_random_weights_match_torch(tmp_path, name, overrides, size, fmt):
 # --------------------------------------------------------------------------- teacher weights into a pruned student
 
 PRUNED_CASES = [
-    ("resnet18", {"num_classes": 20}, 64, ["layer1.1"]),
-    ("resnet50", {"num_classes": 20, "widths": (16, 32, 48, 64)}, 64, ["layer1.1", "layer3.4", "layer3.2"]),
-    ("mobilenet_v2", {"num_classes": 20}, 64, ["features.9"]),
-    ("mobilenet_v2", {"num_classes": 20, "width_mult": 0.75}, 64, ["features.3", "features.9", "features.15"]),
-    ("cifar_resnet56", {}, 32, ["layer1.1", "layer2.8", "layer3.3"]),
+    ("resnet18", {"num_classes": 20, "widths": (8, 16, 16, 24)}, 64, ["layer1.1"]),
+    ("resnet50", {"num_classes": 20, "widths": (8, 8, 16, 16)}, 64, ["layer1.1", "layer3.4", "layer3.2"]),
+    ("mobilenet_v2", {"num_classes": 20, "width_mult": 0.35}, 64, ["features.3", "features.9", "features.15"]),
+    ("cifar_resnet56", {"widths": (8, 16, 32)}, 32, ["layer1.1", "layer2.8", "layer3.3"]),
 ]
 
 
@@ -128,12 +127,13 @@ PRUNED_CASES = [
 def test_teacher_weights_into_pruned_student(tmp_path, name, overrides, size, dropped):
     teacher = reference(name, seed=11, size=size, **overrides)
     path = save(teacher.state_dict(), tmp_path / name, "pth")
+    kept = {k for k in teacher.state_dict() if not k.endswith("num_batches_tracked") and not k.startswith(tuple(f"{d}." for d in dropped))}
     student_ref = torch_reference.drop_blocks(teacher, dropped).eval()
     student = model_zoo.load(name, path, dropped=dropped, **overrides)
-    assert set(student.dropped) == set(dropped)
-    # the renumbered student has exactly the torch student's parameters
-    assert set(_zoo_keys(student)) == {k for k in student_ref.state_dict() if not k.endswith("num_batches_tracked")}
-    assert_parity(student_ref, student, random_input(2, 2, size))
+    assert set(protocol.dropped(student)) == set(dropped)
+    # the student has the teacher's parameters but those of the dropped blocks, under the teacher's names
+    assert set(_zoo_keys(student)) == kept
+    assert_parity(student_ref, student, random_input(2, 2, size))  # the reference renumbers; the function is the same
 
 
 def _zoo_keys(model) -> list[str]:

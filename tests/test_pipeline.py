@@ -6,7 +6,7 @@ import json
 import pytest
 
 import practise_jax
-from model_zoo.errors import UserError
+from practise_jax.errors import UserError
 from practise_jax import checkpoint, pipeline
 from practise_jax.demo import DemoSteps, run_demo
 
@@ -26,7 +26,7 @@ def tiny_config(tmp_path, **changes):
 def test_compress_writes_everything_and_resumes_a_killed_finetune(tmp_path, monkeypatch):
     config = tiny_config(tmp_path)
     out = tmp_path / "run"
-    from practise_jax import finetune as ft
+    from practise_jax import finetuning as ft
 
     original_save = ft.save_state
 
@@ -41,13 +41,15 @@ def test_compress_writes_everything_and_resumes_a_killed_finetune(tmp_path, monk
     assert not (out / "phases" / "finetune.json").exists()
     monkeypatch.setattr(ft, "save_state", original_save)
 
-    def no_rescoring(*args, **kwargs):
+    from practise_jax.pipeline import phases
+
+    def finished(*args, **kwargs):
         raise AssertionError("a finished phase was recomputed")
 
-    from practise_jax import recoverability
-
-    monkeypatch.setattr(recoverability, "recover", no_rescoring)
+    for name in ("latency", "recoverability", "selection", "student"):
+        monkeypatch.setitem(phases.RUNNERS, name, finished)
     summary = pipeline.compress(config, out, progress=False, log=lambda m: None)
+    monkeypatch.undo()
     for key in ("model", "method", "shots", "seed", "dropped_blocks", "scores", "latency_ms_teacher", "latency_ms_student",
                 "latency_reduction", "top1_teacher", "top1_student", "device", "phase_seconds"):
         assert summary[key] is not None, key
@@ -64,8 +66,8 @@ def test_compress_writes_everything_and_resumes_a_killed_finetune(tmp_path, monk
     again = pipeline.compress(dataclasses.replace(config, drop=1, scores_from=str(out)), tmp_path / "again",
                               progress=False, log=lambda m: None)
     assert again["dropped_blocks"] == [s["block"] for s in summary["scores"] if s["rank"] == 1]
-    with pytest.raises(UserError, match="seed"):
-        pipeline.compress(dataclasses.replace(config, seed=7, scores_from=str(out)), tmp_path / "other",
+    with pytest.raises(UserError, match="images"):  # another draw of the tiny set: its R cannot be reused
+        pipeline.compress(dataclasses.replace(config, balanced=True, scores_from=str(out)), tmp_path / "other",
                           progress=False, log=lambda m: None)
 
 

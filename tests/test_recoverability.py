@@ -5,21 +5,17 @@ import numpy as np
 import pytest
 from flax import nnx
 
-import model_zoo
-from model_zoo.errors import UserError
-from model_zoo.layers import Adaptor
+import practise_jax as pj
 from practise_jax import recoverability as rec
+from practise_jax.adaptors import Adaptor
+from practise_jax.errors import UserError
 from practise_jax.store import ResultsStore
-from practise_jax.transforms import views_for
-
-OVERRIDES = dict(widths=(4, 8, 16))
+from tiny_models import tiny_model
 
 
 @pytest.fixture(scope="module")
 def teacher():
-    model = model_zoo.create("cifar_resnet20", rngs=nnx.Rngs(0), **OVERRIDES)
-    model.eval()
-    return model
+    return tiny_model("cifar_resnet20", dropped=())
 
 
 @pytest.fixture(scope="module")
@@ -27,16 +23,22 @@ def images():
     return np.random.default_rng(0).integers(0, 256, (24, 32, 32, 3), dtype=np.uint8)
 
 
-VIEWS = views_for(model_zoo.get_info("cifar_resnet20"), 32)
+@pytest.fixture(scope="module")
+def views(teacher, images):
+    return pj.views(teacher, images)
 
 
 CONFIG = rec.RecoverConfig(steps=4, batch_size=8, lr=0.002)
 
 
+def recover(teacher, block, images, views, config=CONFIG):
+    return rec.recover_lockstep(teacher, [block], images, views, config)[0]
+
+
 def test_step_decay_schedule_matches_steplr():
     config = rec.RecoverConfig(steps=10, lr=1.0)
     schedule = [float(x) for x in map(lambda t: 1.0 * 0.1 ** (t // 4), range(10))]
-    tx = rec.step_decay_sgd(config)
+    tx = rec.adaptor_optimizer(config)
     params = {"w": jax.numpy.zeros(())}
     state = tx.init(params)
     seen = []
@@ -57,34 +59,47 @@ def test_batches_drop_the_last_partial_batch():
     assert sorted(next(small)) == [0, 1, 2]
 
 
-def test_training_moves_only_the_adaptors(teacher, images):
-    candidate = rec.build_candidate(teacher, ["layer2.1"])
-    before = jax.tree.map(np.array, candidate.frozen)
-    result = rec.recover(teacher, "layer2.1", images, VIEWS, CONFIG, progress=False)
-    after = rec.build_candidate(teacher, ["layer2.1"]).frozen
-    jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.array, after))
+def test_training_moves_only_the_adaptors(teacher, images, views):
+    before = jax.tree.map(np.array, nnx.state(teacher))
+    [(candidate, trained, result)] = rec.train_lockstep(teacher, [["layer2.1"]], images, views, CONFIG)
+    jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.array, nnx.state(teacher)))
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.array, candidate.frozen),
+                 jax.tree.map(np.array, rec.build_candidate(teacher, ["layer2.1"]).frozen))
+    assert not all(np.array_equal(a, np.eye(a.shape[0])) for a in jax.tree.leaves(trained)), "the adaptors must move"
     assert result["recoverability"] < result["raw_distance"], "training the adaptors must reduce the distance"
     assert result["adaptor_sites"] == ["layer2.0.conv2:post", "layer2.2.conv1:pre", "layer3.0.conv1:pre"]
 
 
-def test_recovery_is_deterministic(teacher, images):
-    a = rec.recover(teacher, "layer1.1", images, VIEWS, CONFIG, progress=False)
-    b = rec.recover(teacher, "layer1.1", images, VIEWS, CONFIG, progress=False)
-    assert a["recoverability"] == b["recoverability"]
+def test_recovery_is_deterministic(teacher, images, views):
+    assert recover(teacher, "layer1.1", images, views)["recoverability"] == recover(teacher, "layer1.1", images, views)["recoverability"]
 
 
-def test_resume_recomputes_nothing(teacher, images, tmp_path, monkeypatch):
-    settings = {"model": "tiny", "steps": CONFIG.steps}
+def test_resume_recomputes_nothing(teacher, images, views, tmp_path, monkeypatch):
+    settings = rec.scoring_settings(teacher, images, views, CONFIG)
     store = ResultsStore(tmp_path / "r.jsonl", settings)
-    first = rec.score_candidates(teacher, ["layer1.1", "layer3.1"], images, VIEWS, CONFIG, store, progress=False)
+    first = rec.score_candidates(teacher, ["layer1.1", "layer3.1"], images, views, CONFIG, store)
 
     def fail(*args, **kwargs):
         raise AssertionError("a finished candidate was recomputed")
 
     monkeypatch.setattr(rec, "recover_lockstep", fail)
-    again = rec.score_candidates(teacher, ["layer1.1", "layer3.1"], images, VIEWS, CONFIG,
-                                 ResultsStore(tmp_path / "r.jsonl", settings), progress=False)
+    again = rec.score_candidates(teacher, ["layer1.1", "layer3.1"], images, views, CONFIG,
+                                 ResultsStore(tmp_path / "r.jsonl", settings))
     assert [r["recoverability"] for r in again] == [r["recoverability"] for r in first]
+    with pytest.raises(AssertionError, match="recomputed"):  # the patch is live: a new candidate would be trained
+        rec.score_candidates(teacher, ["layer2.1"], images, views, CONFIG, ResultsStore(tmp_path / "r.jsonl", settings))
+
+
+def test_store_key_holds_everything_r_depends_on(teacher, images, views):
+    """The teacher's weights, the images themselves (so the draw), the views and the settings."""
+    base = rec.scoring_settings(teacher, images, views, CONFIG)
+    other_draw = images[::-1].copy()
+    assert rec.scoring_settings(teacher, other_draw, views, CONFIG)["images"] != base["images"]
+    other_teacher = tiny_model("cifar_resnet20", seed=3, dropped=())
+    assert rec.scoring_settings(other_teacher, images, views, CONFIG)["teacher"] != base["teacher"]
+    other_views = pj.views(teacher, images, mean=(0.5,) * 3, std=(0.25,) * 3)
+    assert rec.scoring_settings(teacher, images, other_views, CONFIG)["views"] != base["views"]
+    assert rec.scoring_settings(teacher, images, views, rec.RecoverConfig(steps=5, batch_size=8, lr=0.002)) != base
 
 
 def test_store_refuses_other_settings_and_survives_a_cut_line(tmp_path):
@@ -124,11 +139,11 @@ def test_zero_steps_is_refused():
         rec.RecoverConfig(steps=0)
 
 
-def test_lockstep_training_equals_one_at_a_time(teacher, images):
+def test_lockstep_training_equals_one_at_a_time(teacher, images, views):
     """Candidates of different stages share one teacher pass per step and still get their solo results."""
     blocks = ["layer1.1", "layer2.1", "layer3.1"]
-    one = [rec.recover(teacher, b, images, VIEWS, CONFIG, progress=False) for b in blocks]
-    together = rec.recover_lockstep(teacher, blocks, images, VIEWS, CONFIG, progress=False)
+    one = [recover(teacher, b, images, views) for b in blocks]
+    together = rec.recover_lockstep(teacher, blocks, images, views, CONFIG)
     for a, b in zip(one, together):
         assert a["block"] == b["block"] and a["adaptor_sites"] == b["adaptor_sites"]
         assert b["raw_distance"] == pytest.approx(a["raw_distance"], rel=1e-5)
@@ -136,31 +151,31 @@ def test_lockstep_training_equals_one_at_a_time(teacher, images):
         assert b["final_train_loss"] == pytest.approx(a["final_train_loss"], rel=1e-4)
 
 
-def test_block_inputs_of_one_pass_equal_each_block_input(teacher, images):
-    x = VIEWS.eval(images[:4])
+def test_block_inputs_of_one_pass_equal_each_block_input(teacher, images, views):
+    x = views.eval(images[:4])
     inputs = teacher.block_inputs(x, ["layer3.1", "layer1.1", "layer2.0"])
     assert sorted(inputs) == ["layer1.1", "layer2.0", "layer3.1"]
     for address, h in inputs.items():
         np.testing.assert_array_equal(np.asarray(h), np.asarray(teacher.block_input(x, address)))
-    with pytest.raises(ValueError, match="no residual block"):
+    with pytest.raises(UserError, match="no residual block"):
         teacher.block_inputs(x, ["layer9.1"])
 
 
-def test_vmapped_scoring_equals_one_at_a_time(teacher, images):
+def test_vmapped_scoring_equals_one_at_a_time(teacher, images, views):
     blocks = ["layer2.1", "layer2.2"]
-    one = [rec.recover(teacher, b, images, VIEWS, CONFIG, progress=False) for b in blocks]
-    together = rec.recover_group(teacher, blocks, images, VIEWS, CONFIG, progress=False)
+    one = [recover(teacher, b, images, views) for b in blocks]
+    together = rec.recover_group(teacher, blocks, images, views, CONFIG)
     for a, b in zip(one, together):
         assert a["block"] == b["block"] and a["adaptor_sites"] == b["adaptor_sites"]
         assert b["raw_distance"] == pytest.approx(a["raw_distance"], rel=1e-5)
         assert b["recoverability"] == pytest.approx(a["recoverability"], rel=1e-4)
 
 
-def test_folded_recovered_student_keeps_its_recovered_features(teacher, images):
-    student, figures = rec.recovered_student(teacher, ["layer1.1", "layer1.2"], images, VIEWS, CONFIG, progress=False)
+def test_folded_recovered_student_keeps_its_recovered_features(teacher, images, views):
+    student, figures = rec.recovered_student(teacher, ["layer1.1", "layer1.2"], images, views, CONFIG)
     assert not jax.tree.leaves(nnx.state(student, Adaptor))
-    assert student.dropped == ("layer1.1", "layer1.2")
-    x = VIEWS.eval(images)
+    assert pj.protocol.dropped(student) == ("layer1.1", "layer1.2")
+    x = views.eval(images)
     target = teacher(x)[1]["pre_gap"]
     distance = float(np.mean(np.square(np.asarray(student(x)[1]["pre_gap"] - target))))
     assert distance == pytest.approx(figures["recoverability"], rel=1e-3)

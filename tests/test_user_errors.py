@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import model_zoo
-from model_zoo.errors import UserError
+from practise_jax.errors import UserError
 from practise_jax import data as data_lib
 from practise_jax.cli import main
 

@@ -1,9 +1,10 @@
 """Export a zoo model (pruned or not) to a Keras 3 functional model.
 
-The Keras graph is rebuilt from the NNX modules themselves
-(``model.residual_blocks()`` and their attributes), so a statically pruned
-model exports without its dropped blocks. Weights are copied from the NNX
-state. What is kept exact:
+The Keras graph is rebuilt from the NNX modules themselves: each family says
+how in its own file (``model.keras(builder, x)`` for the stem, neck and head,
+``block.keras(builder, x, name)`` per block), with the layer helpers of
+`KerasBuilder`; the kept blocks (`practise_jax.protocol.blocks`) are built,
+dropped ones are not. Weights are copied from the NNX state. What is kept exact:
 
 - convs: explicit ``ZeroPadding2D`` with the conv's symmetric padding, then a
   ``'valid'`` conv (Keras ``'same'`` pads asymmetrically at stride 2, as
@@ -19,8 +20,9 @@ state. What is kept exact:
   ``.keras`` file reloads with ``keras.saving.load_model`` and no custom code.
 
 The Keras model takes normalised float32 images, NHWC (channels-last), and
-returns logits, like ``model(x)[0]``. Layer names are torchvision names
-(``layer2.0.conv1``, ``features.3.conv.1.0``) of the *built* model.
+returns logits, like ``model(x)[0]``. Layer names are the model's own
+(``layer2.0.conv1``, ``features.3.conv.1.0``); kept blocks keep the teacher's
+addresses.
 
 Keras reads ``KERAS_BACKEND`` once, at its first import; this module sets it
 to ``jax`` (``os.environ.setdefault``) before importing keras, so set it
@@ -35,12 +37,9 @@ import jax
 import numpy as np
 from flax import nnx
 
-from model_zoo.base import ZooModel
-from model_zoo.cifar_resnet import CifarResNet
-from model_zoo.errors import UserError
-from model_zoo.layers import check_no_adaptors
-from model_zoo.mobilenetv2 import InvertedResidual, MobileNetV2
-from model_zoo.resnet import ResNet
+from practise_jax import protocol
+from practise_jax.adaptors import check_no_adaptors
+from practise_jax.errors import UserError
 
 # Every weight is overwritten right after its layer is built; zero init skips Keras's random
 # initialisers, which on the JAX backend compile one XLA program per weight shape (seconds in all).
@@ -67,7 +66,7 @@ def _pair(value) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else tuple(value)
 
 
-class _Builder:
+class KerasBuilder:
     """Calls Keras layers on symbolic tensors and copies each layer's weights once it is built."""
 
     def __init__(self, keras):
@@ -143,6 +142,12 @@ class _Builder:
             return self.relu(x, name)
         raise ValueError(f"{name}: no Keras equivalent for {module!r}")
 
+    def blocks(self, model, x):
+        """Every kept residual block of ``model``, in forward order, by its own ``keras`` method."""
+        for block in protocol.blocks(model):
+            x = block.module.keras(self, x, block.address)
+        return x
+
     def channel_pad(self, x, before: int, after: int, name: str):
         """Zero-pad the channel axis: move channels to a spatial position, pad, move back."""
         x = self.layers.Permute((3, 1, 2), name=f"{name}.to_chw")(x)
@@ -150,66 +155,21 @@ class _Builder:
         return self.layers.Permute((2, 3, 1), name=f"{name}.to_hwc")(x)
 
 
-def _cifar_resnet(b: _Builder, model: CifarResNet, x):
-    x = b.relu(b.batch_norm(b.conv(x, model.conv1, "conv1"), model.bn1, "bn1"), "relu")
-    in_ch = model.conv1.out_features
-    for address, block in model.residual_blocks():
-        y = b.relu(b.batch_norm(b.conv(x, block.conv1, f"{address}.conv1"), block.bn1, f"{address}.bn1"), f"{address}.relu1")
-        y = b.batch_norm(b.conv(y, block.conv2, f"{address}.conv2"), block.bn2, f"{address}.bn2")
-        shortcut = x
-        if block.reshapes:  # option A: subsample by 2, zero-pad channels evenly (model_zoo.cifar_resnet.option_a_shortcut)
-            shortcut = b.layers.MaxPooling2D(pool_size=1, strides=2, name=f"{address}.shortcut.subsample")(x)
-            extra = block.out_ch - in_ch
-            shortcut = b.channel_pad(shortcut, extra // 2, extra - extra // 2, f"{address}.shortcut")
-        x = b.relu(b.add(shortcut, y, f"{address}.add"), f"{address}.relu")
-        in_ch = block.out_ch
-    return x, lambda pooled: b.dense(pooled, model.linear, "linear")
-
-
-def _resnet(b: _Builder, model: ResNet, x):
-    x = b.relu(b.batch_norm(b.conv(x, model.conv1, "conv1"), model.bn1, "bn1"), "relu")
-    x = b.layers.ZeroPadding2D(1, name="maxpool.pad")(x)  # zeros == -inf here: the input is a ReLU output
-    x = b.layers.MaxPooling2D(pool_size=3, strides=2, padding="valid", name="maxpool")(x)
-    for address, block in model.residual_blocks():
-        convs = ("conv1", "conv2", "conv3") if hasattr(block, "conv3") else ("conv1", "conv2")
-        y = x
-        for i, conv_name in enumerate(convs, start=1):
-            y = b.conv(y, getattr(block, conv_name), f"{address}.{conv_name}")
-            y = b.batch_norm(y, getattr(block, f"bn{i}"), f"{address}.bn{i}")
-            if i < len(convs):
-                y = b.relu(y, f"{address}.relu{i}")
-        shortcut = x if block.downsample is None else b.sequential(x, block.downsample, f"{address}.downsample")
-        x = b.relu(b.add(shortcut, y, f"{address}.add"), f"{address}.relu")
-    return x, lambda pooled: b.dense(pooled, model.fc, "fc")
-
-
-def _mobilenet_v2(b: _Builder, model: MobileNetV2, x):
-    x = b.sequential(x, model.features[0], "features.0")
-    for address, block in model.residual_blocks():
-        assert isinstance(block, InvertedResidual)
-        y = b.sequential(x, block.conv, f"{address}.conv")
-        x = b.add(x, y, f"{address}.add") if block.use_residual else y
-    x = b.sequential(x, model.features[-1], f"features.{len(model.features) - 1}")
-    return x, lambda pooled: b.sequential(pooled, model.classifier, "classifier")
-
-
-_FAMILIES = ((CifarResNet, _cifar_resnet), (ResNet, _resnet), (MobileNetV2, _mobilenet_v2))
-
-
-def to_keras(model: ZooModel, *, input_size: int | None = None, name: str | None = None):
+def to_keras(model: nnx.Module, *, input_size: int | None = None, name: str | None = None):
     """A ``keras.Model`` computing ``model``'s logits from normalised NHWC float32 images.
 
     ``input_size`` fixes the spatial input shape (default: any height and
     width). Adaptors must be folded first (`practise_jax.adaptors.fold`).
     """
     check_no_adaptors(model, "cannot export")
-    family = next((build for cls, build in _FAMILIES if isinstance(model, cls)), None)
-    if family is None:
-        raise UserError(f"no Keras export for {type(model).__name__}; supported: CIFAR ResNet, ResNet, MobileNetV2.")
+    unsupported = [type(b.module).__name__ for b in protocol.blocks(model) if not hasattr(b.module, "keras")]
+    if not hasattr(model, "keras") or unsupported:
+        raise UserError(f"no Keras export for {type(model).__name__}: the model and each block need a keras(builder, ...) "
+                        "method (the zoo families have them; see model_zoo/cifar_resnet.py).")
     keras = import_keras()
-    builder = _Builder(keras)
+    builder = KerasBuilder(keras)
     inputs = keras.Input(shape=(input_size, input_size, 3), dtype="float32", name="images")
-    x, classify = family(builder, model, inputs)
+    x, classify = model.keras(builder, inputs)
     pooled = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     logits = classify(pooled)
-    return keras.Model(inputs, logits, name=name or model.model_name)
+    return keras.Model(inputs, logits, name=name or getattr(model, "model_name", type(model).__name__))

@@ -1,17 +1,21 @@
-"""Fill a zoo model's NNX state from a PyTorch state dict, by name.
+"""Fill any NNX model's state from a PyTorch state dict, by name.
 
-Zoo models mirror torchvision attribute names, so the PyTorch key of every
-NNX leaf follows from its path: drop the ``layers`` level of
-``nnx.Sequential`` and rename leaves (conv/linear ``kernel`` -> ``weight``,
-BN ``scale/bias/mean/var`` -> ``weight/bias/running_mean/running_var``).
-Conv kernels go OIHW -> HWIO (depthwise too), linear weights are transposed.
-A pruned model reads its blocks from the teacher's renumbered addresses.
+The PyTorch key of every NNX leaf follows from its path: drop the ``layers``
+level of ``nnx.Sequential`` and rename leaves (conv/linear ``kernel`` ->
+``weight``, BN ``scale/bias/mean/var`` -> ``weight/bias/running_mean/
+running_var``). Zoo models mirror torchvision attribute names, so torchvision
+files load as they are; a file of another layout loads through ``rename``
+rules (``REGEX=REPLACEMENT``, applied in order to the file's keys). Conv
+kernels go OIHW -> HWIO (depthwise too), linear weights are transposed. A
+pruned model has the teacher's addresses, so it reads the teacher's file;
+the keys of its dropped blocks are left unused.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Iterable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -19,9 +23,10 @@ import numpy as np
 from flax import nnx
 
 from model_zoo import registry
-from model_zoo.base import ZooModel
 from model_zoo.convert.state_dict import read_state_dict
-from model_zoo.errors import UserError
+from practise_jax import protocol, surgery
+from practise_jax.errors import UserError
+from practise_jax.latency.programs import _materialise
 
 _LEAF_NAMES = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
 _LISTED = 8  # how many keys an error message lists per category
@@ -44,23 +49,45 @@ def to_flax_layout(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _teacher_key(key: str, origin: Mapping[str, str]) -> str:
-    """Rename a pruned model's key to the teacher's (``layer1.1.x`` -> ``layer1.2.x``)."""
-    parts = key.split(".")
-    address = ".".join(parts[:2])
-    if address in origin:
-        return ".".join([origin[address]] + parts[2:])
-    return key
+Rename = Sequence[str | tuple[str, str]]
 
 
-def load_state_dict(model: ZooModel, state_dict: Mapping[str, np.ndarray], *, source: str = "state dict") -> ZooModel:
-    """Copy ``state_dict`` into ``model`` in place; raise listing every mismatch."""
-    origin = dict(zip(model.blocks, model.origin))
-    dropped_prefixes = tuple(f"{address}." for address in model.dropped)
+def rename_keys(state_dict: Mapping[str, np.ndarray], rules: Rename) -> dict[str, np.ndarray]:
+    """The state dict with every rule (``"REGEX=REPLACEMENT"`` or ``(regex, replacement)``) applied in order to each key."""
+    compiled = []
+    for rule in rules:
+        if isinstance(rule, str) and "=" not in rule:
+            raise UserError(f"rename rule '{rule}' has no '='; write it as REGEX=REPLACEMENT, e.g. '^backbone\\.='.")
+        pattern, replacement = rule.split("=", 1) if isinstance(rule, str) else rule
+        try:
+            compiled.append((re.compile(pattern), replacement, rule))
+        except re.error as error:
+            raise UserError(f"rename rule '{rule}': '{pattern}' is not a regular expression ({error}).") from None
+    renamed: dict[str, np.ndarray] = {}
+    origin: dict[str, str] = {}
+    for key, value in state_dict.items():
+        new = key
+        for pattern, replacement, rule in compiled:
+            try:
+                new = pattern.sub(replacement, new)
+            except (re.error, IndexError) as error:
+                raise UserError(f"rename rule '{rule}' cannot be applied to '{key}' ({error}).") from None
+        if new in renamed:
+            raise UserError(f"the rename rules map both '{origin[new]}' and '{key}' onto '{new}'; make them distinguish the two.")
+        renamed[new], origin[new] = value, key
+    return renamed
+
+
+def load_state_dict(model: nnx.Module, state_dict: Mapping[str, np.ndarray], *, rename: Rename = (),
+                    source: str = "state dict") -> nnx.Module:
+    """Copy ``state_dict`` (keys renamed by ``rename``) into ``model`` in place; raise listing every mismatch."""
+    state_dict = rename_keys(state_dict, rename) if rename else state_dict
+    paths = surgery.block_paths(model)
+    dropped_prefixes = tuple(f"{paths[address]}." for address in protocol.dropped(model))
     flat = dict(nnx.to_flat_state(nnx.state(model, WEIGHTS)))
     used, missing, mismatched, values = set(), [], [], []
     for path, variable in flat.items():
-        key = _teacher_key(torch_key(path), origin)
+        key = torch_key(path)
         if key not in state_dict:
             missing.append(key)
             continue
@@ -95,12 +122,10 @@ def _blocks_in(keys: Iterable[str]) -> set[str]:
 
 
 def _guess_model(state_dict: Mapping[str, np.ndarray]) -> str | None:
-    """A registered model whose block layout matches the file's, if any."""
+    """The registered model with the most blocks, all of which the file holds, if any."""
     file_blocks = _blocks_in(state_dict)
-    for name in registry.list_models():
-        if set(registry.get_info(name).blocks) == file_blocks:
-            return name
-    return None
+    fitting = [name for name in registry.list_models() if set(registry.get_info(name).blocks) <= file_blocks]
+    return max(fitting, key=lambda name: len(registry.get_info(name).blocks), default=None)
 
 
 def _mismatch_message(model, state_dict, source, missing, unexpected, mismatched) -> str:
@@ -108,7 +133,9 @@ def _mismatch_message(model, state_dict, source, missing, unexpected, mismatched
         shown = ", ".join(items[:_LISTED]) + (f", ... ({len(items) - _LISTED} more)" if len(items) > _LISTED else "")
         return f"\n  {title} ({len(items)}): {shown}"
 
-    text = f"the weights in {source} do not fit {model.model_name} (blocks {model.blocks[0]}..{model.blocks[-1]}):"
+    addresses = protocol.addresses(model)
+    name = getattr(model, "model_name", type(model).__name__)
+    text = f"the weights in {source} do not fit {name} (blocks {addresses[0]}..{addresses[-1]}):"
     if missing:
         text += listing("missing keys", missing)
     if unexpected:
@@ -116,24 +143,29 @@ def _mismatch_message(model, state_dict, source, missing, unexpected, mismatched
     if mismatched:
         text += listing("shape mismatches", mismatched)
     guess = _guess_model(state_dict)
-    fix = f"This file looks like a '{guess}' checkpoint: use --model {guess}." if guess else (
-        "Use the model the file was trained for, or a file made for this model."
+    fix = f"This file looks like a '{guess}' checkpoint: use --model {guess}." if guess and guess != name else (
+        "Use the model the file was trained for, or map the file's keys onto the model's with rename rules "
+        "(REGEX=REPLACEMENT); `practise-jax inspect --weights FILE --model NAME` shows both."
     )
     return text + "\n" + fix
 
 
-def _materialise(leaf):
-    """A concrete value for an abstract leaf that is not a weight (RNG keys and counters)."""
-    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-        return jax.random.key(0)
-    return jnp.zeros(leaf.shape, leaf.dtype)
+def load_weights(model: nnx.Module, weights: str | os.PathLike | Mapping[str, np.ndarray], *, rename: Rename = ()) -> nnx.Module:
+    """``model`` (any NNX module, concrete or from ``nnx.eval_shape``) with its weights from a file or a state dict.
+
+    ``rename``: rules ``"REGEX=REPLACEMENT"`` that map the file's keys onto the
+    model's PyTorch-style keys (`torch_key` of each parameter path), applied in order.
+    """
+    if isinstance(weights, Mapping):
+        state_dict, source = {k: np.asarray(v) for k, v in weights.items()}, "the state dict"
+    else:
+        state_dict, source = read_state_dict(weights), f"'{weights}'"
+    graphdef, state = nnx.split(model)
+    model = nnx.merge(graphdef, jax.tree.map(lambda leaf: _materialise(leaf) if isinstance(leaf, jax.ShapeDtypeStruct) else leaf, state))
+    return load_state_dict(model, state_dict, rename=rename, source=source)
 
 
-def load(name: str, weights: str | os.PathLike, *, dropped: Iterable[str] = (), **overrides) -> ZooModel:
+def load(name: str, weights: str | os.PathLike, *, dropped: Iterable[str] = (), rename: Rename = (), **overrides) -> nnx.Module:
     """A registered model with weights read from a file; with ``dropped``, a student that starts from the teacher."""
-    state_dict = read_state_dict(weights)
     abstract = nnx.eval_shape(lambda: registry.create(name, dropped=dropped, **overrides))
-    graphdef, state = nnx.split(abstract)
-    state = jax.tree.map(_materialise, state)
-    model = nnx.merge(graphdef, state)
-    return load_state_dict(model, state_dict, source=f"'{weights}'")
+    return load_weights(abstract, weights, rename=rename)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model_zoo.errors import UserError
+from practise_jax.errors import UserError
 
 TORCH_SUFFIXES = (".pth", ".pt", ".th", ".tar", ".bin", ".ckpt")
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")

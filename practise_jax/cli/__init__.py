@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from model_zoo.errors import UserError
-from practise_jax import xla_cpu
+from practise_jax.errors import UserError
+from practise_jax import jit_cache, xla_cpu
 from practise_jax.cli import compress_cmd, demo_cmd, eval_cmd, export_cmd, profile_cmd, score_cmd
 
 SUBCOMMANDS = (compress_cmd, score_cmd, profile_cmd, eval_cmd, export_cmd, demo_cmd)
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     xla_cpu.use_fast_flags()  # before anything starts JAX's backends
     args = build_parser().parse_args(argv)
+    jit_cache.use_persistent_cache()
     return run_reporting_errors(lambda: args.run(args), f"practise-jax {args.command}")
 
 

@@ -6,11 +6,9 @@ import argparse
 import json
 
 import model_zoo
-from model_zoo.blocks import parse_block_list
-from practise_jax import latency
+from practise_jax import defaults
 from practise_jax.pipeline import INITS, METHODS, CompressConfig, compress
-from practise_jax.recoverability import STEPS_HELP, default_steps
-from practise_jax.finetune import DEFAULT_LR
+from practise_jax.protocol import parse_block_list
 
 
 def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,8 +17,9 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="tiny-set source: npz:PATH, folder:PATH, tfds:NAME[:SPLIT], synthetic[:N], ood:SPEC")
     parser.add_argument("--eval-data", help="evaluation source (same kinds as --data)")
     parser.add_argument("--eval-limit", type=int, help="evaluate on the first N images of --eval-data only")
-    parser.add_argument("--shots", type=int, default=500, help="tiny-set size (default 500; -1 = all)")
-    parser.add_argument("--seed", type=int, default=2021, help="seed of the tiny-set draw, training and random selection")
+    parser.add_argument("--shots", type=int, default=defaults.SHOTS, help=f"tiny-set size (default {defaults.SHOTS}; -1 = all)")
+    parser.add_argument("--seed", type=int, default=defaults.SEED,
+                        help=f"seed of the tiny-set draw, training and random selection (default {defaults.SEED})")
     parser.add_argument("--balanced", action="store_true", help="draw the same number of images per class")
     amount = parser.add_mutually_exclusive_group(required=True)
     amount.add_argument("--drop", type=int, metavar="K", help="drop K blocks")
@@ -28,22 +27,33 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
     amount.add_argument("--blocks", help="drop exactly these blocks, e.g. layer1.1,layer2.3")
     parser.add_argument("--method", choices=METHODS, default="practise", help="practise (default), first-k or random choose blocks to drop; filter keeps the same "
                         "fraction of every block's inner filters by L1 norm, to a --speedup target (CIFAR ResNets)")
-    parser.add_argument("--finetune", choices=sorted(DEFAULT_LR), default="mimic", help="finetune loss (default mimic)")
+    parser.add_argument("--finetune", choices=sorted(defaults.FINETUNE_LR), default="mimic", help="finetune loss (default mimic)")
     parser.add_argument("--init", choices=INITS, default="plain",
                         help="finetune start: the plain pruned student (the reference), or with recovered adaptors folded in")
-    parser.add_argument("--recover-steps", type=int, help=STEPS_HELP)
-    parser.add_argument("--finetune-steps", type=int, default=2000, help="finetune steps (default 2000)")
-    parser.add_argument("--lr", type=float, help="finetune learning rate (default: mimic/kd 0.02, ce 1e-4)")
-    parser.add_argument("--batch-size", type=int, default=64, help="training batch (default 64)")
-    parser.add_argument("--eval-every", type=int, default=500, help="evaluate every N finetune steps (default 500)")
-    parser.add_argument("--latency-batch-size", type=int, default=64, help="batch of latency measurements (default 64)")
-    parser.add_argument("--latency-budget", type=float, default=latency.DEFAULT_TIME_BUDGET_S, help="seconds of timed latency calls per candidate "
-                        f"(default {latency.DEFAULT_TIME_BUDGET_S:g})")
+    parser.add_argument("--recover-steps", type=int, help=defaults.ADAPTOR_STEPS_HELP)
+    parser.add_argument("--finetune-steps", type=int, default=defaults.FINETUNE_STEPS,
+                        help=f"finetune steps (default {defaults.FINETUNE_STEPS})")
+    parser.add_argument("--lr", type=float, help="finetune learning rate (default: " +
+                        ", ".join(f"{k} {v:g}" for k, v in defaults.FINETUNE_LR.items()) + ")")
+    parser.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE, help=f"training batch (default {defaults.BATCH_SIZE})")
+    parser.add_argument("--eval-every", type=int, default=defaults.EVAL_EVERY,
+                        help=f"evaluate every N finetune steps (default {defaults.EVAL_EVERY})")
+    add_latency_arguments(parser)
     parser.add_argument("--vmap", action="store_true", help="score the candidates of a stage together (pays on GPUs)")
     parser.add_argument("--scores-from", metavar="DIR", help="reuse the recoverability of a 'practise-jax score --out DIR' run "
                                                              "with the same model, weights, data, shots, seed and steps")
     parser.add_argument("--out", required=True, help="run folder (resumable: rerun the same command to continue)")
     parser.add_argument("--overwrite", action="store_true", help="replace a run of other settings in --out")
+
+
+def add_latency_arguments(parser: argparse.ArgumentParser) -> None:
+    """How tau is measured (or read), shared by compress and score."""
+    parser.add_argument("--latency-batch-size", type=int, default=defaults.LATENCY_BATCH_SIZE,
+                        help=f"batch of latency measurements (default {defaults.LATENCY_BATCH_SIZE})")
+    parser.add_argument("--latency-budget", type=float, default=defaults.LATENCY_BUDGET_S,
+                        help=f"seconds of timed latency calls per distinct candidate (default {defaults.LATENCY_BUDGET_S:g})")
+    parser.add_argument("--tau", metavar="CSV", help="read each block's tau from a `practise-jax profile --out` CSV (or a "
+                                                     "scores.csv) instead of measuring it, e.g. one measured on the target device")
 
 
 def register(commands) -> None:
@@ -58,9 +68,9 @@ def config_from_args(args: argparse.Namespace) -> CompressConfig:
         model=args.model, weights=args.weights, data=args.data, eval_data=args.eval_data, eval_limit=args.eval_limit,
         shots=args.shots, seed=args.seed, balanced=args.balanced, method=args.method, drop=args.drop,
         speedup=args.speedup, blocks=parse_block_list(args.blocks), finetune=args.finetune, init=args.init,
-        recover_steps=default_steps() if args.recover_steps is None else args.recover_steps, finetune_steps=args.finetune_steps, finetune_lr=args.lr,
+        recover_steps=args.recover_steps, finetune_steps=args.finetune_steps, finetune_lr=args.lr,
         batch_size=args.batch_size, eval_every=args.eval_every, latency_batch_size=args.latency_batch_size,
-        latency_budget=args.latency_budget, vmap=args.vmap, scores_from=args.scores_from,
+        latency_budget=args.latency_budget, tau_from=args.tau, vmap=args.vmap, scores_from=args.scores_from,
     )
 
 
@@ -75,6 +85,7 @@ def print_summary(summary: dict, out: str) -> None:
     print(f"  class mean   teacher {pct(summary['class_mean_teacher'])}  student {pct(summary['class_mean_student'])}")
     print(f"  latency      teacher {summary['latency_ms_teacher']:.2f} ms  student {summary['latency_ms_student']:.2f} ms  "
           f"(-{100 * summary['latency_reduction']:.1f}%, batch {summary['latency_batch_size']}, {summary['device']})")
+    print(f"  input        {summary['normalization']}")
     print(f"  report {out}/report.md   checkpoint {out}/student   summary {out}/summary.json")
 
 

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 
 import model_zoo
-from model_zoo.blocks import parse_block_list
 from practise_jax import checkpoint as checkpoint_lib
+from practise_jax import protocol
 from practise_jax import data as data_lib
-from practise_jax.evaluate import evaluate
+from practise_jax.errors import UserError
+from practise_jax.evaluation import evaluate
+from practise_jax.protocol import parse_block_list
 from practise_jax.transforms import views_for
 
 
@@ -27,54 +28,49 @@ def register(commands) -> None:
     parser.set_defaults(run=run)
 
 
-def _checkpoint_info(args: argparse.Namespace):
-    """The spec of ``--checkpoint`` and registry info carrying its input size, classes and normalisation."""
+def _load_model(args: argparse.Namespace):
+    """The model to evaluate (eval mode) and what to call it."""
+    if args.checkpoint:
+        if args.weights:
+            raise UserError("--checkpoint already holds the weights; pass either --checkpoint DIR or --weights FILE, not both.")
+        if args.drop:
+            raise UserError("--checkpoint fixes its dropped blocks; leave out --drop (compress again to drop more).")
+        spec = checkpoint_lib.read_spec(args.checkpoint)
+        if args.model and args.model != spec.model:
+            raise UserError(f"the checkpoint '{args.checkpoint}' holds a {spec.model}, not a {args.model}; leave out --model.")
+        model, spec = checkpoint_lib.load_compressed(args.checkpoint)
+        return model, spec.model
+    if not args.model:
+        raise UserError("say which model to evaluate: --model NAME (with --weights FILE), or --checkpoint DIR.")
+    dropped = parse_block_list(args.drop)
     if args.weights:
-        raise model_zoo.UserError("--checkpoint already holds the weights; pass either --checkpoint DIR or --weights FILE, not both.")
-    if args.drop:
-        raise model_zoo.UserError("--checkpoint fixes its dropped blocks; leave out --drop (compress again to drop more).")
-    spec = checkpoint_lib.read_spec(args.checkpoint)
-    if args.model and args.model != spec.model:
-        raise model_zoo.UserError(f"the checkpoint '{args.checkpoint}' holds a {spec.model}, not a {args.model}; leave out --model.")
-    info = dataclasses.replace(model_zoo.get_info(spec.model), input_size=spec.input_size, num_classes=spec.num_classes,
-                               mean=spec.mean, std=spec.std)
-    return spec, info
+        return model_zoo.load(args.model, args.weights, dropped=dropped), args.model
+    return model_zoo.create(args.model, dropped=dropped), args.model
 
 
 def run(args: argparse.Namespace) -> int:
-    spec = None
-    if args.checkpoint:
-        spec, info = _checkpoint_info(args)
-        args.model = spec.model
-    elif not args.model:
-        raise model_zoo.UserError("say which model to evaluate: --model NAME (with --weights FILE), or --checkpoint DIR.")
-    else:
-        info = model_zoo.get_info(args.model)
     if args.batch_size < 1:
-        raise model_zoo.UserError(f"--batch-size must be at least 1, got {args.batch_size}.")
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be at least 1, got {args.limit}.")
+    model, name = _load_model(args)
+    model.eval()
+    spec = model.input_spec
     dataset = data_lib.load_source(args.data)
     if args.limit is not None:
-        if args.limit < 1:
-            raise model_zoo.UserError(f"--limit must be at least 1, got {args.limit}.")
         dataset = dataset.take(slice(0, args.limit))
-    data_lib.check_fits(dataset, info.input_size, info.num_classes, args.model)
-    dropped = parse_block_list(args.drop)
-    if spec is not None:
-        model, spec = checkpoint_lib.load_compressed(args.checkpoint)
-        dropped = spec.dropped
-    elif args.weights:
-        model = model_zoo.load(args.model, args.weights, dropped=dropped)
-    else:
-        model = model_zoo.create(args.model, dropped=dropped)
-    result = evaluate(model, dataset, views_for(info, dataset.images.shape[1]), batch_size=args.batch_size)
+    num_classes = checkpoint_lib.read_spec(args.checkpoint).num_classes if args.checkpoint else model_zoo.get_info(name).num_classes
+    data_lib.check_fits(dataset, spec.size, num_classes, name)
+    result = evaluate(model, dataset, views_for(spec, dataset.images.shape[1]), batch_size=args.batch_size, progress=True)
     summary = {
-        "model": args.model, "weights": args.weights, "dropped": list(dropped), "data": dataset.source,
-        **({"checkpoint": str(args.checkpoint)} if spec is not None else {}),
+        "model": name, "weights": args.weights, "dropped": list(protocol.dropped(model)), "data": dataset.source,
+        **({"checkpoint": str(args.checkpoint)} if args.checkpoint else {}),
+        "normalization": spec.describe(),
         "images": result.count, "top1": round(result.top1, 4), "class_mean_top1": round(result.class_mean, 4),
     }
     if args.json:
         print(json.dumps(summary | {"per_class_top1": result.per_class}, indent=2))
     else:
-        print(f"{args.model} on {dataset.source} ({result.count} images): "
-              f"top-1 {result.top1:.2f}%  per-class mean {result.class_mean:.2f}%")
+        print(f"{name} on {dataset.source} ({result.count} images): "
+              f"top-1 {result.top1:.2f}%  per-class mean {result.class_mean:.2f}%  (input: {spec.describe()})")
     return 0

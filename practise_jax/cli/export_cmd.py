@@ -9,7 +9,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from model_zoo.errors import UserError
+from practise_jax.errors import UserError
 from practise_jax import checkpoint as checkpoint_lib
 
 FORMATS = ("keras",)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from flax import nnx
+
 import model_zoo
-from model_zoo.blocks import parse_block_list
-from practise_jax import latency
+from practise_jax import defaults, latency, protocol
 
 
 def register(commands) -> None:
@@ -33,16 +34,17 @@ def register(commands) -> None:
                              "the blocks named in --drop (default with --drop), or none")
     parser.add_argument("--repeats", type=int, help="rounds of interleaved calls (default: as many as fit --time-budget, at least "
                                                     f"{latency.MIN_ROUNDS})")
-    parser.add_argument("--time-budget", type=float, default=latency.DEFAULT_TIME_BUDGET_S,
-                        help=f"seconds of timed calls per candidate when --repeats is not given (default {latency.DEFAULT_TIME_BUDGET_S:g})")
+    parser.add_argument("--time-budget", type=float, default=defaults.LATENCY_BUDGET_S,
+                        help="seconds of timed calls per distinct candidate when --repeats is not given "
+                             f"(default {defaults.LATENCY_BUDGET_S:g})")
     parser.add_argument("--warmup", type=int, default=latency.DEFAULT_WARMUP,
                         help=f"untimed calls per model after compiling (default {latency.DEFAULT_WARMUP})")
     parser.add_argument("--clock", choices=sorted(latency.CLOCKS), default="wall",
                         help="wall: latency (default). cpu: CPU time of this process, steadier on a CPU shared with "
                              "other jobs, but work rather than latency")
-    parser.add_argument("--cpu-threads", type=int, default=latency.DEFAULT_CPU_THREADS,
+    parser.add_argument("--cpu-threads", type=int, default=defaults.LATENCY_CPU_THREADS,
                         help="on a CPU: time in a child process pinned to this many cores, XLA threads to match "
-                             f"(default {latency.DEFAULT_CPU_THREADS}: steadiest); 0: in this process with all threads")
+                             f"(default {defaults.LATENCY_CPU_THREADS}: steadiest); 0: in this process with all threads")
     parser.add_argument("--platform", help="cpu, gpu or tpu (default: JAX's default backend)")
     parser.add_argument("--cache-dir", help=f"where results are kept (default {latency.default_cache_dir()}; $PRACTISE_CACHE moves it)")
     parser.add_argument("--no-cache", action="store_true", help="remeasure everything (the new figures replace the cached ones)")
@@ -55,7 +57,7 @@ def register(commands) -> None:
 def candidates_from_args(model: str, drop_args: list[str], singles: str | None) -> list[tuple[str, ...]]:
     """The single blocks and drop sets the options ask for, singles first."""
     info = model_zoo.get_info(model)
-    sets = [parse_block_list(text) for text in drop_args]
+    sets = [protocol.parse_block_list(text) for text in drop_args]
     for drop in sets:
         if not drop:
             raise model_zoo.UserError("--drop needs at least one block, e.g. --drop layer1.1,layer2.3.")
@@ -74,17 +76,22 @@ def candidates_from_args(model: str, drop_args: list[str], singles: str | None) 
 
 
 def run(args: argparse.Namespace) -> int:
-    model_zoo.get_info(args.model)
+    info = model_zoo.get_info(args.model)
     candidates = candidates_from_args(args.model, args.drop, args.singles)
     device = latency.pick_device(args.platform)
     log = None if args.quiet else (lambda message: print(f"[profile] {message}", file=sys.stderr, flush=True))
+    model = nnx.eval_shape(lambda: model_zoo.create(args.model))  # shapes are all a latency needs
+    size = info.input_size if args.image_size is None else args.image_size
+    if args.batch_size < 1:
+        raise model_zoo.UserError(f"batch size must be at least 1, got {args.batch_size}.")
     result = latency.profile(
-        args.model, candidates, batch_size=args.batch_size, image_size=args.image_size, dtype=args.dtype,
-        repeats=args.repeats, time_budget_s=args.time_budget, warmup=args.warmup, device=device,
-        cache=latency.Cache(args.cache_dir), reuse=not args.no_cache, log=log, clock=args.clock, cpu_threads=args.cpu_threads,
+        model, (args.batch_size, size, size, 3), candidates, dtype=args.dtype, repeats=args.repeats,
+        time_budget_s=args.time_budget, warmup=args.warmup, device=device, cache=latency.Cache(args.cache_dir),
+        reuse=not args.no_cache, log=log, clock=args.clock, cpu_threads=args.cpu_threads,
     )
     print(latency.format_table(result))
     if args.out:
-        latency.write_csv(result.rows(), args.out, append=args.append)
-        print(f"wrote {len(result.rows())} rows to {args.out}")
+        rows = latency.rows(result)
+        latency.write_csv(rows, args.out, append=args.append)
+        print(f"wrote {len(rows)} rows to {args.out}")
     return 0

@@ -11,7 +11,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from practise_jax.data import ImageSet
+from practise_jax.data.imageset import ImageSet
 from practise_jax.transforms import Views
 
 
@@ -38,7 +38,7 @@ def _classifier(graphdef: nnx.GraphDef, views: Views):
     return classify
 
 
-def predict(model: nnx.Module, data: ImageSet, views: Views, *, batch_size: int = 256, progress: bool = True) -> np.ndarray:
+def predict(model: nnx.Module, data: ImageSet, views: Views, *, batch_size: int = 256, progress: bool = False) -> np.ndarray:
     """Predicted class of every image; the last batch is padded so one compiled function serves all."""
     model.eval()
     graphdef, state = nnx.split(model)
@@ -63,5 +63,5 @@ def accuracy(predictions: np.ndarray, labels: np.ndarray) -> Accuracy:
     )
 
 
-def evaluate(model: nnx.Module, data: ImageSet, views: Views, *, batch_size: int = 256, progress: bool = True) -> Accuracy:
+def evaluate(model: nnx.Module, data: ImageSet, views: Views, *, batch_size: int = 256, progress: bool = False) -> Accuracy:
     return accuracy(predict(model, data, views, batch_size=batch_size, progress=progress), data.labels)

@@ -1,0 +1,87 @@
+"""What a compression run is asked to do: `CompressConfig`, checked before any work starts."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from practise_jax import defaults, selection
+from practise_jax.errors import UserError
+from practise_jax.finetuning import FinetuneConfig
+from practise_jax.recoverability import RecoverConfig
+
+METHODS = ("practise", "first-k", "random", "filter")
+INITS = ("plain", "folded")
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressConfig:
+    """One run: model and weights, the tiny set, what to drop and how, training and latency settings.
+
+    ``weights``: a weight file, a practise-jax checkpoint folder, or None
+    (random weights). ``recover_steps`` None means `defaults.adaptor_steps` for
+    this platform. ``tau_from``: a profile or scores CSV to read tau from
+    instead of measuring it (say, measured on the deployment device).
+    ``scores_from``: the recoverability store (or folder) of a `score` run
+    with the same teacher, tiny set and settings.
+    """
+
+    model: str
+    weights: str | None
+    data: str
+    eval_data: str | None = None
+    eval_limit: int | None = None
+    shots: int = defaults.SHOTS
+    seed: int = defaults.SEED
+    balanced: bool = False
+    method: str = "practise"
+    drop: int | None = None
+    speedup: float | None = None
+    blocks: tuple[str, ...] = ()
+    finetune: str = "mimic"
+    init: str = "plain"
+    recover_steps: int | None = None
+    finetune_steps: int = defaults.FINETUNE_STEPS
+    finetune_lr: float | None = None
+    batch_size: int = defaults.BATCH_SIZE
+    eval_every: int = defaults.EVAL_EVERY
+    latency_batch_size: int = defaults.LATENCY_BATCH_SIZE
+    latency_budget: float = defaults.LATENCY_BUDGET_S
+    latency_threads: int = defaults.LATENCY_CPU_THREADS
+    tau_from: str | None = None
+    vmap: bool = False
+    scores_from: str | None = None
+
+    @property
+    def adaptor_steps(self) -> int:
+        return defaults.adaptor_steps() if self.recover_steps is None else self.recover_steps
+
+    def recover_config(self) -> RecoverConfig:
+        return RecoverConfig(steps=self.adaptor_steps, batch_size=self.batch_size, seed=self.seed)
+
+    def finetune_config(self) -> FinetuneConfig:
+        return FinetuneConfig(loss=self.finetune, steps=self.finetune_steps, batch_size=self.batch_size,
+                              lr=self.finetune_lr, eval_every=self.eval_every, seed=self.seed)
+
+    def check(self) -> None:
+        if self.method not in METHODS:
+            raise UserError(f"unknown method '{self.method}'; choose one of: {', '.join(METHODS)}.")
+        if self.init not in INITS:
+            raise UserError(f"unknown finetune start '{self.init}'; choose one of: {', '.join(INITS)}.")
+        if sum(x is not None and x != () for x in (self.drop, self.speedup, self.blocks)) != 1:
+            raise UserError("say what to drop with exactly one of --drop K, --speedup F or --blocks a,b.")
+        if self.speedup is not None:
+            selection.check_target(self.speedup)
+        if self.method == "filter" and (self.speedup is None or self.init != "plain"):
+            raise UserError("--method filter prunes inner filters to a latency target: give --speedup F "
+                            "(not --drop or --blocks) and the plain finetune start.")
+        self.finetune_config()  # validates
+        self.recover_config()
+
+    @property
+    def needs_tau(self) -> bool:
+        """Single-block tau is needed to score (practise) or to reach a latency target by dropping blocks."""
+        return self.method != "filter" and (self.speedup is not None or (self.method == "practise" and not self.blocks))
+
+    @property
+    def needs_scores(self) -> bool:
+        return self.method == "practise" and not self.blocks

@@ -1,0 +1,64 @@
+"""What a run reads: the teacher, the tiny set and the evaluation set, with their views.
+
+`compress` and `practise-jax score` load through here, so the same options
+give the same tiny set (the draw, ``--balanced``, the stored image size and
+view recipe all follow from them) and the same recoverability.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+from flax import nnx
+
+import model_zoo
+from practise_jax import checkpoint
+from practise_jax import data as data_lib
+from practise_jax.errors import UserError
+from practise_jax.transforms import Views, views_for
+
+
+@dataclasses.dataclass
+class Inputs:
+    teacher: nnx.Module
+    tiny: data_lib.ImageSet
+    indices: np.ndarray  # of the tiny set in its source
+    views: Views
+    eval_set: data_lib.ImageSet | None = None
+    eval_views: Views | None = None
+
+
+def load_teacher(model: str, weights: str | None) -> nnx.Module:
+    """The teacher in eval mode: from a weight file, from a practise-jax checkpoint folder, or random."""
+    if weights is None:
+        teacher = model_zoo.create(model)
+    elif Path(weights).is_dir():
+        teacher, spec = checkpoint.load_compressed(weights)
+        if spec.model != model:
+            raise UserError(f"the checkpoint '{weights}' holds a {spec.model}, not a {model}; use --model {spec.model}.")
+    else:
+        teacher = model_zoo.load(model, weights)
+    teacher.eval()
+    return teacher
+
+
+def load_inputs(model: str, weights: str | None, data: str, shots: int, seed: int, *, balanced: bool = False,
+                eval_data: str | None = None, eval_limit: int | None = None) -> Inputs:
+    """Teacher, tiny set (seeded draw, decoded at the model's stored size) and optional evaluation set."""
+    info = model_zoo.get_info(model)
+    teacher = load_teacher(model, weights)
+    spec = teacher.input_spec
+    tiny, indices = data_lib.load_tiny_set(data, shots, seed, num_classes=info.num_classes, image_size=spec.size,
+                                           balanced=balanced)
+    data_lib.check_fits(tiny, spec.size, info.num_classes, model, margin=True)
+    views = views_for(spec, tiny.images.shape[1], out_of_domain=data.startswith("ood:"))
+    inputs = Inputs(teacher, tiny, indices, views)
+    if eval_data is not None:
+        test = data_lib.load_source(eval_data, image_size=spec.size)
+        if eval_limit is not None:
+            test = test.take(slice(0, eval_limit))
+        data_lib.check_fits(test, spec.size, info.num_classes, model, margin=True)
+        inputs.eval_set, inputs.eval_views = test, views_for(spec, test.images.shape[1])
+    return inputs

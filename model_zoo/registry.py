@@ -18,12 +18,7 @@ from model_zoo import cifar_resnet, mobilenetv2, resnet
 from model_zoo.base import ZooModel
 from practise_jax.errors import UserError
 from practise_jax import surgery
-from practise_jax.transforms import InputSpec
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+from practise_jax.transforms import IMAGENET_MEAN, IMAGENET_STD, InputSpec
 
 
 @dataclasses.dataclass(frozen=True)

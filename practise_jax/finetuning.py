@@ -183,8 +183,8 @@ def finetune(student: nnx.Module, teacher: nnx.Module | None, images: np.ndarray
     """Train ``student`` on the tiny set; returns the trained student (eval mode) and its history.
 
     ``train_view(key, images)`` gives the augmented, normalised batch.
-    ``evaluate(model)`` (optional) runs every ``eval_every`` steps and at the
-    end. With ``state_path`` the loop resumes from, and saves to, that file.
+    ``evaluate(model)`` (optional) runs at the start, every ``eval_every``
+    steps and at the end. With ``state_path`` the loop resumes from, and saves to, that file.
     """
     if teacher is None and config.loss != "ce":
         raise UserError(f"the {config.loss} loss learns from a teacher; pass the teacher, or use loss='ce' with labels.")
@@ -219,6 +219,8 @@ def finetune(student: nnx.Module, teacher: nnx.Module | None, images: np.ndarray
         model.eval()
         return model
 
+    if evaluate is not None and state.step == 0:  # the start: what dropping cost before any recovery
+        state.history.append({"step": 0, **evaluate(current_model())})
     bar = tqdm(total=config.steps, initial=state.step, desc=f"finetune ({config.loss})", unit="step", disable=not progress)
     started = time.perf_counter()
     pending: list[tuple[int, jax.Array]] = []  # (step, loss on the device) not yet read back
@@ -242,8 +244,6 @@ def finetune(student: nnx.Module, teacher: nnx.Module | None, images: np.ndarray
             if due_save:
                 save_state(state_path, state)
     bar.close()
-    if evaluate is not None and config.steps == 0:
-        state.history.append({"step": 0, **evaluate(current_model())})
     state.history.append({"finetune_seconds_this_session": time.perf_counter() - started})
     return current_model(), state.history
 

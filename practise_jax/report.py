@@ -76,6 +76,7 @@ def write_report(run_dir: Path, summary: dict) -> Path:
         f"Method **{summary['method']}**, finetune **{summary['finetune']}** from the **{summary['finetune_start']}** student, "
         f"{summary['shots']} images of `{summary['data']}` (seed {summary['seed']}).", "",
         f"Pruned: **{pruned(summary)}**.", "",
+        f"Input normalisation: {summary.get('normalization', '–')}.", "",
         "| | teacher | student |", "|---|---:|---:|",
         f"| top-1 (%) | {_fmt(summary['top1_teacher'])} | {_fmt(summary['top1_student'])} |",
         f"| per-class mean (%) | {_fmt(summary['class_mean_teacher'])} | {_fmt(summary['class_mean_student'])} |",

@@ -243,6 +243,30 @@ class Views:
         return imagenet_eval_view(images, self.input_size, self.mean, self.std)
 
 
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+NORMALIZATIONS = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),  # torchvision's; the akamaster CIFAR ResNets were trained with it too
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),  # the constants of kuangliu/pytorch-cifar
+}
+
+
+def normalization(mean=None, std=None, name: str | None = None) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """``(mean, std)`` from numbers or a name in `NORMALIZATIONS`, checked; None when nothing was given."""
+    if name is not None:
+        if mean is not None or std is not None:
+            raise UserError("give either a named normalization or --mean/--std, not both.")
+        if name not in NORMALIZATIONS:
+            raise UserError(f"unknown normalization '{name}'; choose one of: {', '.join(NORMALIZATIONS)}, "
+                            "or give --mean R,G,B --std R,G,B.")
+        return NORMALIZATIONS[name]
+    if (mean is None) != (std is None):
+        raise UserError("give both --mean and --std (three fractions of 1 each, R,G,B), or neither.")
+    if mean is None:
+        return None
+    spec = InputSpec(1, tuple(mean), tuple(std))  # checks lengths and signs
+    return spec.mean, spec.std
+
+
 @dataclasses.dataclass(frozen=True)
 class InputSpec:
     """What a model takes: ``size`` x ``size`` RGB images normalised as ``(x / 255 - mean) / std``.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
@@ -16,6 +17,24 @@ jax.config.update("jax_default_matmul_precision", "highest")
 REPO = Path(__file__).resolve().parents[1]
 
 
+REQUIRED = os.environ.get("PRACTISE_REQUIRE_DATA") == "1"  # CI: what a test needs must be there
+
+
+def missing(message: str):
+    """Skip a test whose data or package is absent; fail instead where PRACTISE_REQUIRE_DATA=1 (CI)."""
+    if REQUIRED:
+        pytest.fail(message + " (PRACTISE_REQUIRE_DATA=1 requires it)")
+    pytest.skip(message, allow_module_level=True)
+
+
+def require(module: str, reason: str = ""):
+    """Import a test dependency (torch, keras), or `missing` it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        missing(f"{module} is not installed{': ' + reason if reason else ''}")
+
+
 def shared_data_dir() -> Path:
     return Path(os.environ.get("PRACTISE_DATA", REPO.parent / "shared" / "data"))
 
@@ -25,10 +44,7 @@ def shared_data() -> Path:
     """../shared/data (or $PRACTISE_DATA); skip when absent unless PRACTISE_REQUIRE_DATA=1."""
     path = shared_data_dir()
     if not (path / "cifar10_resnets").is_dir():
-        message = f"real data not found at {path}: set PRACTISE_DATA to the shared/data folder"
-        if os.environ.get("PRACTISE_REQUIRE_DATA") == "1":
-            pytest.fail(message + " (PRACTISE_REQUIRE_DATA=1 requires it)")
-        pytest.skip(message)
+        missing(f"real data not found at {path}: set PRACTISE_DATA to the shared/data folder")
     return path
 
 

@@ -1,11 +1,13 @@
 """Smoke versions of the long experiment scripts: same code paths, tiny steps, seconds each."""
 
 import csv
+import json
 import sys
 from pathlib import Path
 
 import jax
 import pytest
+from conftest import require
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 sys.path.insert(0, str(EXPERIMENTS))
@@ -26,7 +28,7 @@ def read_csv(path):
         return list(csv.DictReader(handle))
 
 
-def test_main_table_runs_every_row_and_resumes(tmp_path):
+def test_main_table_runs_every_row_and_resumes(tmp_path, monkeypatch):
     args = ["--model", "cifar_resnet20", "--weights", "random", "--train-data", "synthetic:64:10:1",
             "--test-data", "synthetic:40:10:2", "--prefix", "20", "--shots", "20", "--seeds", "1",
             "--speedup", "0.05", "--rows", "bp,random,practise,practise-folded", "--recover-steps", "2",
@@ -37,9 +39,20 @@ def test_main_table_runs_every_row_and_resumes(tmp_path):
     assert [r["row"] for r in rows] == ["bp", "random", "practise", "practise-folded"]
     assert rows[0]["finetune"] == "ce" and rows[3]["finetune_start"] == "folded"
     assert rows[2]["dropped"] == rows[3]["dropped"]  # the folded row reuses the practise selection
+    work = tmp_path / "work"
+    reused = json.loads((work / "practise-folded_20shots_seed1" / "phases" / "recoverability.json").read_text())["from"]
+    assert reused == str(work / "practise_20shots_seed1" / "recoverability.jsonl")
     summary = read_csv(tmp_path / "table_summary.csv")
     assert summary[0]["row"] == "teacher" and len(summary) == 5 and "class_mean_std" in summary[0]
-    # a rerun reads every finished run back
+    # a rerun reads every finished run back: nothing is computed or evaluated again
+    from practise_jax.pipeline import phases
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished run was computed again")
+
+    for name in phases.RUNNERS:
+        monkeypatch.setitem(phases.RUNNERS, name, fail)
+    monkeypatch.setattr(main_table, "evaluate", fail)
     assert main_table.main(args) == 0
     assert read_csv(tmp_path / "table.csv") == rows
 
@@ -76,7 +89,13 @@ def test_cost_study_compares_step_counts(tmp_path, shared_data, monkeypatch):
                             "--latency-budget", "0.01", "--work", str(tmp_path / "work"), "--out", str(out)]) == 0
     rows = read_csv(out)
     assert [int(r["steps"]) for r in rows] == [1, 2]
-    assert float(rows[1]["spearman_R_vs_max"]) == pytest.approx(1.0)
+    assert float(rows[1]["spearman_R_vs_max"]) == pytest.approx(1.0)  # the reference against itself
+    stores = [{r["key"]: r for r in map(json.loads, (tmp_path / "work" / cost_study.store_name("cifar_resnet20", 16, 2021, n))
+                                        .read_text().splitlines()[1:])} for n in (1, 2)]
+    blocks = sorted(stores[1])
+    expected = cost_study.spearman([stores[0][b]["recoverability"] for b in blocks],
+                                   [stores[1][b]["recoverability"] for b in blocks])
+    assert float(rows[0]["spearman_R_vs_max"]) == pytest.approx(expected, abs=1e-4)
     # the reference step count can come from a finished store instead of being recomputed
     reused = tmp_path / "work" / cost_study.store_name("cifar_resnet20", 16, 2021, 2)
     assert cost_study.main(["--model", "cifar_resnet20", "--shots", "16", "--steps", "2", "--batch-size", "8",
@@ -99,6 +118,9 @@ def test_recoverability_vs_accuracy_correlates_and_resumes(tmp_path, shared_data
     summary = read_csv(tmp_path / "r_summary.csv")
     assert len(summary) == len(recoverability_vs_accuracy.PREDICTORS) * len(recoverability_vs_accuracy.OUTCOMES)
     assert all(-1 <= float(s["spearman"]) <= 1 for s in summary)
+    r_vs_finetuned = next(s for s in summary if s["predictor"] == "recoverability" and s["outcome"] == "class_mean_finetuned")
+    expected = cost_study.spearman([float(r["recoverability"]) for r in rows], [float(r["class_mean_finetuned"]) for r in rows])
+    assert float(r_vs_finetuned["spearman"]) == pytest.approx(expected, abs=1e-3)
     assert all(-1 <= float(s["bootstrap_95_low"]) <= float(s["bootstrap_95_high"]) <= 1 for s in summary)
     paired = [s for s in summary if s["predictor"] != "raw_distance"]
     assert all(-2 <= float(s["minus_distance_95_low"]) <= float(s["minus_distance_95_high"]) <= 2 for s in paired)
@@ -108,6 +130,9 @@ def test_recoverability_vs_accuracy_correlates_and_resumes(tmp_path, shared_data
         raise AssertionError("a finished block was finetuned again")
 
     monkeypatch.setattr(recoverability_vs_accuracy, "block_outcomes", fail)
+    from practise_jax import recoverability
+
+    monkeypatch.setattr(recoverability, "recover_lockstep", fail)
     assert recoverability_vs_accuracy.main(args) == 0
     assert read_csv(out) == rows
 
@@ -133,7 +158,7 @@ def test_a_mistyped_number_list_is_a_usage_error(script, option, capsys):
 
 
 def test_bench_recover_step_times_both_sides(tmp_path, shared_data, monkeypatch):
-    pytest.importorskip("torch", reason="the benchmark needs the torch extra")
+    require("torch", "the benchmark needs the torch extra")
     import bench_recover_step
 
     monkeypatch.setenv("PRACTISE_DATA", str(shared_data))

@@ -47,6 +47,11 @@ def test_the_pruned_block_computes_with_the_kept_filters_of_the_teacher():
     inner_teacher = jax.nn.relu(teacher.layer1[0].bn1(teacher.layer1[0].conv1(x)))[..., kept]
     inner_student = jax.nn.relu(student.layer1[0].bn1(student.layer1[0].conv1(x)))
     np.testing.assert_allclose(inner_student, inner_teacher, atol=1e-5)
+    # the whole block: the teacher with the pruned filters' weights into conv2 zeroed computes the same
+    reference = nnx.clone(teacher)
+    dropped = np.setdiff1d(np.arange(4), kept)
+    reference.layer1[0].conv2.kernel[...] = reference.layer1[0].conv2.kernel[...].at[:, :, dropped, :].set(0.0)
+    np.testing.assert_allclose(student.layer1[0](x), reference.layer1[0](x), atol=1e-5)
 
 
 def test_narrowing_an_abstract_model_gives_the_shapes_of_the_real_one():

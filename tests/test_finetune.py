@@ -53,19 +53,43 @@ def test_mimic_loss_goes_down_and_is_read_back_in_batches(setup):
     assert losses[-1]["loss"] < losses[0]["loss"]
 
 
-def test_a_killed_run_resumes_exactly(setup, tmp_path):
+def counting_steps(monkeypatch) -> list[int]:
+    """Record the index of every finetune step the loop runs (the step function is looked up per run)."""
+    ran, make_step = [], ft.make_step
+
+    def counting(*args, **kwargs):
+        step = make_step(*args, **kwargs)
+
+        def run(*step_args):
+            ran.append(int(step_args[-1]))
+            return step(*step_args)
+
+        return run
+
+    monkeypatch.setattr(ft, "make_step", counting)
+    return ran
+
+
+def test_a_killed_run_resumes_exactly(setup, tmp_path, monkeypatch):
     teacher, images, labels, view = setup
     config = ft.FinetuneConfig(steps=6, batch_size=8, lr=0.01, save_every=2)
     whole, _ = ft.finetune(student_of(teacher), teacher, images, labels, config, view)
     path = tmp_path / "state.npz"
 
-    def kill(model):  # the evaluation at step 5 comes after the save at step 4: a kill there loses step 5
-        raise KeyboardInterrupt
+    evaluations = []
+
+    def kill(model):  # evaluations run at the start and at step 5, after the save at step 4: a kill then loses step 5
+        evaluations.append(model)
+        if len(evaluations) == 2:
+            raise KeyboardInterrupt
+        return {}
 
     with pytest.raises(KeyboardInterrupt):
         ft.finetune(student_of(teacher), teacher, images, labels, dataclasses.replace(config, eval_every=5), view,
                     evaluate=kill, state_path=path)
+    ran = counting_steps(monkeypatch)
     resumed, _ = ft.finetune(student_of(teacher), teacher, images, labels, config, view, state_path=path)
+    assert ran == [5, 6]  # resumed after the saved step 4, not started over
     jax.tree.map(np.testing.assert_allclose, params(resumed), params(whole))
 
 

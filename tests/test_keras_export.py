@@ -14,10 +14,11 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from conftest import missing, require  # noqa: E402
 
-keras = pytest.importorskip("keras", minversion="3.0", reason="keras 3 is not installed (pip install 'practise-jax[keras]')")
-if keras.backend.backend() != "jax":
-    pytest.skip(f"Keras export tests need KERAS_BACKEND=jax, keras runs on {keras.backend.backend()}", allow_module_level=True)
+keras = require("keras", "pip install 'practise-jax[keras]'")
+if keras.backend.backend() != "jax" or int(keras.__version__.split(".")[0]) < 3:
+    missing(f"Keras export tests need Keras 3 with KERAS_BACKEND=jax; found keras {keras.__version__} on {keras.backend.backend()}")
 
 from model_zoo.convert.keras_export import to_keras  # noqa: E402
 from practise_jax import adaptors, checkpoint, protocol  # noqa: E402

@@ -181,6 +181,8 @@ def test_identical_blocks_are_identified_by_their_program():
 
 def test_cache_key_separates_settings(tmp_path):
     fake_profile(tmp_path, ["layer1.1"])
+    base = latency.make_setting("m", batch_size=2, image_size=16)
+    assert base.cache_key("a", "b") != latency.make_setting("m", batch_size=2, image_size=16, dtype="bfloat16").cache_key("a", "b")
     for change in ({"dtype": "bfloat16"}, {"repeats": 4}, {"warmup": 3}):
         clock = FakeClock()
         compiler = FakeCompiler(clock)
@@ -286,6 +288,19 @@ def _child_view():
     return os.environ["XLA_FLAGS"], sorted(os.sched_getaffinity(0))
 
 
+def test_profile_measures_in_the_pinned_child_by_default(monkeypatch):
+    import importlib
+
+    profile_module = importlib.import_module("practise_jax.latency.profile")  # the package's `profile` is the function
+
+    calls = []
+    monkeypatch.setattr(profile_module, "in_child", lambda threads, *args: calls.append(threads) or [
+        {"latency_s": [1.0], "teacher_s": [1.0], "taus": [], "cost": {"flops": 1.0, "bytes_accessed": 1.0, "params": 1}},
+        {"latency_s": [0.5], "teacher_s": [1.0], "taus": [0.5], "cost": {"flops": 1.0, "bytes_accessed": 1.0, "params": 1}}])
+    result = latency.profile(MODEL, SHAPE, ["layer1.1"], repeats=1)
+    assert calls == ([1] if jax.devices()[0].platform == "cpu" else []) and result.tau(["layer1.1"]) == 0.5
+
+
 def test_in_process_and_pinned_measurements_are_cached_apart():
     settings = [latency.make_setting("m", batch_size=2, image_size=16, cpu_threads=n) for n in (0, 1)]
     assert settings[0].cache_key("a", "b") != settings[1].cache_key("a", "b")
@@ -336,7 +351,7 @@ def test_cli_candidates():
     assert candidates_from_args("cifar_resnet20", ["layer2.1,layer1.1", "layer3.1"], None) == [
         ("layer1.1",), ("layer2.1",), ("layer3.1",), ("layer2.1", "layer1.1")]
     assert candidates_from_args("cifar_resnet20", ["layer2.1,layer1.1"], "none") == [("layer2.1", "layer1.1")]
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match="nothing to profile"):
         candidates_from_args("cifar_resnet20", [], "none")
 
 

@@ -16,9 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import require
 from flax import nnx
 
-torch = pytest.importorskip("torch")
+torch = require("torch")
 
 import model_zoo  # noqa: E402
 import torch_reference  # noqa: E402

@@ -48,7 +48,11 @@ def test_compress_writes_everything_and_resumes_a_killed_finetune(tmp_path, monk
 
     for name in ("latency", "recoverability", "selection", "student"):
         monkeypatch.setitem(phases.RUNNERS, name, finished)
+    from test_finetune import counting_steps
+
+    ran = counting_steps(monkeypatch)
     summary = pipeline.compress(config, out, progress=False, log=lambda m: None)
+    assert ran == [4, 5, 6]  # the finetune resumed after its last saved step
     monkeypatch.undo()
     for key in ("model", "method", "shots", "seed", "dropped_blocks", "scores", "latency_ms_teacher", "latency_ms_student",
                 "latency_reduction", "top1_teacher", "top1_student", "device", "phase_seconds"):
@@ -60,13 +64,20 @@ def test_compress_writes_everything_and_resumes_a_killed_finetune(tmp_path, monk
     model, spec = practise_jax.load_compressed(out / "student")
     assert spec.dropped == tuple(summary["dropped_blocks"])
     steps = [h["step"] for h in summary["history"] if "top1" in h]
-    assert steps == [3, 6]
+    assert steps == [0, 3, 6]  # the start (right after dropping), then every eval_every steps
 
     # score once, compress again at another amount without scoring again
+    from practise_jax import recoverability
+
+    monkeypatch.setattr(recoverability, "recover_lockstep", finished)
+    monkeypatch.setattr(recoverability, "recover_group", finished)
     again = pipeline.compress(dataclasses.replace(config, drop=1, scores_from=str(out)), tmp_path / "again",
                               progress=False, log=lambda m: None)
+    monkeypatch.undo()
     assert again["dropped_blocks"] == [s["block"] for s in summary["scores"] if s["rank"] == 1]
-    with pytest.raises(UserError, match="images"):  # another draw of the tiny set: its R cannot be reused
+    reused = json.loads((tmp_path / "again" / "phases" / "recoverability.json").read_text())["from"]
+    assert reused == str(out / "recoverability.jsonl")
+    with pytest.raises(UserError, match=r"other settings \(images differ\)"):  # another draw: its R cannot be reused
         pipeline.compress(dataclasses.replace(config, balanced=True, scores_from=str(out)), tmp_path / "other",
                           progress=False, log=lambda m: None)
 

@@ -29,6 +29,13 @@ def views(teacher, images):
 
 
 CONFIG = rec.RecoverConfig(steps=4, batch_size=8, lr=0.002)
+# Training that moves R well beyond the tolerances below (random tiny features are small: lr 1 is needed).
+TRAIN = rec.RecoverConfig(steps=6, batch_size=8, lr=1.0)
+
+
+def trained_enough(record) -> bool:
+    """The adaptors changed R by far more than the comparisons' tolerance (1e-4)."""
+    return (record["raw_distance"] - record["recoverability"]) / record["recoverability"] > 1e-2
 
 
 def recover(teacher, block, images, views, config=CONFIG):
@@ -52,9 +59,9 @@ def test_step_decay_schedule_matches_steplr():
 
 def test_batches_drop_the_last_partial_batch():
     batches = rec.batch_indices(10, 4, np.random.RandomState(0))
-    first_epoch = [next(batches) for _ in range(2)]
-    assert all(len(b) == 4 for b in first_epoch)
-    assert len(set(np.concatenate(first_epoch))) == 8
+    two_epochs = [next(batches) for _ in range(4)]  # a third batch of an epoch would hold the 2 left over
+    assert all(len(b) == 4 for b in two_epochs)
+    assert len(set(np.concatenate(two_epochs[:2]))) == 8 and len(set(np.concatenate(two_epochs[2:]))) == 8
     small = rec.batch_indices(3, 4, np.random.RandomState(0))
     assert sorted(next(small)) == [0, 1, 2]
 
@@ -140,42 +147,54 @@ def test_zero_steps_is_refused():
 
 
 def test_lockstep_training_equals_one_at_a_time(teacher, images, views):
-    """Candidates of different stages share one teacher pass per step and still get their solo results."""
+    """Candidates of different stages share one teacher pass per step and still train as they would alone."""
     blocks = ["layer1.1", "layer2.1", "layer3.1"]
-    one = [recover(teacher, b, images, views) for b in blocks]
-    together = rec.recover_lockstep(teacher, blocks, images, views, CONFIG)
+    one = [rec.train_lockstep(teacher, [[b]], images, views, TRAIN)[0] for b in blocks]
+    together = rec.train_lockstep(teacher, [[b] for b in blocks], images, views, TRAIN)
+    for (_, solo_adaptors, a), (_, adaptors, b) in zip(one, together):
+        assert trained_enough(a) and a["adaptor_sites"] == b["adaptor_sites"]
+        assert b["raw_distance"] == pytest.approx(a["raw_distance"], rel=1e-5)
+        assert b["recoverability"] == pytest.approx(a["recoverability"], rel=1e-4)
+        assert b["final_train_loss"] == pytest.approx(a["final_train_loss"], rel=1e-4)
+        for x, y in zip(jax.tree.leaves(solo_adaptors), jax.tree.leaves(adaptors)):  # the updates themselves
+            np.testing.assert_allclose(np.asarray(y) - np.eye(len(y)), np.asarray(x) - np.eye(len(x)), rtol=1e-3, atol=1e-7)
+
+
+def test_block_inputs_of_one_pass_start_the_forward_where_they_were_taken(teacher, images, views):
+    x = views.eval(images[:4])
+    inputs = teacher.block_inputs(x, ["layer3.1", "layer1.1", "layer2.0"])
+    assert sorted(inputs) == ["layer1.1", "layer2.0", "layer3.1"]
+    full = np.asarray(teacher(x)[0])
+    for address, h in inputs.items():
+        np.testing.assert_allclose(np.asarray(teacher(h, start=address)[0]), full, rtol=1e-5, atol=1e-6)
+    with pytest.raises(UserError, match="no residual block"):
+        teacher.block_inputs(x, ["layer9.1"])
+
+
+def test_vmapped_scoring_equals_one_at_a_time(images):
+    """A group shares the union of its sites; each candidate's other sites must act as the identity.
+
+    In a stage of 9 blocks, dropping layer2.1 adapts layer2.2.conv1 (pre) and dropping layer2.3 adapts
+    layer2.2.conv2 (post): each candidate carries the other's site in a block it keeps.
+    """
+    teacher = tiny_model("cifar_resnet56", dropped=())
+    views = pj.views(teacher, images)
+    blocks = ["layer2.1", "layer2.3"]
+    one = [recover(teacher, b, images, views, TRAIN) for b in blocks]
+    together = rec.recover_group(teacher, blocks, images, views, TRAIN)
     for a, b in zip(one, together):
-        assert a["block"] == b["block"] and a["adaptor_sites"] == b["adaptor_sites"]
+        assert trained_enough(a) and a["block"] == b["block"] and a["adaptor_sites"] == b["adaptor_sites"]
         assert b["raw_distance"] == pytest.approx(a["raw_distance"], rel=1e-5)
         assert b["recoverability"] == pytest.approx(a["recoverability"], rel=1e-4)
         assert b["final_train_loss"] == pytest.approx(a["final_train_loss"], rel=1e-4)
 
 
-def test_block_inputs_of_one_pass_equal_each_block_input(teacher, images, views):
-    x = views.eval(images[:4])
-    inputs = teacher.block_inputs(x, ["layer3.1", "layer1.1", "layer2.0"])
-    assert sorted(inputs) == ["layer1.1", "layer2.0", "layer3.1"]
-    for address, h in inputs.items():
-        np.testing.assert_array_equal(np.asarray(h), np.asarray(teacher.block_input(x, address)))
-    with pytest.raises(UserError, match="no residual block"):
-        teacher.block_inputs(x, ["layer9.1"])
-
-
-def test_vmapped_scoring_equals_one_at_a_time(teacher, images, views):
-    blocks = ["layer2.1", "layer2.2"]
-    one = [recover(teacher, b, images, views) for b in blocks]
-    together = rec.recover_group(teacher, blocks, images, views, CONFIG)
-    for a, b in zip(one, together):
-        assert a["block"] == b["block"] and a["adaptor_sites"] == b["adaptor_sites"]
-        assert b["raw_distance"] == pytest.approx(a["raw_distance"], rel=1e-5)
-        assert b["recoverability"] == pytest.approx(a["recoverability"], rel=1e-4)
-
-
 def test_folded_recovered_student_keeps_its_recovered_features(teacher, images, views):
-    student, figures = rec.recovered_student(teacher, ["layer1.1", "layer1.2"], images, views, CONFIG)
+    student, figures = rec.recovered_student(teacher, ["layer1.1", "layer1.2"], images, views, TRAIN)
+    assert trained_enough(figures)
     assert not jax.tree.leaves(nnx.state(student, Adaptor))
     assert pj.protocol.dropped(student) == ("layer1.1", "layer1.2")
     x = views.eval(images)
     target = teacher(x)[1]["pre_gap"]
     distance = float(np.mean(np.square(np.asarray(student(x)[1]["pre_gap"] - target))))
-    assert distance == pytest.approx(figures["recoverability"], rel=1e-3)
+    assert distance == pytest.approx(figures["recoverability"], rel=1e-4)  # not the raw distance: the adaptors are in

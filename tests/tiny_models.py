@@ -23,6 +23,7 @@ TINY = {
     "resnet50": ({"widths": (4, 4, 8, 8), "num_classes": 10}, 64, ("layer3.2",)),
     "mobilenet_v2": ({"width_mult": 0.25, "num_classes": 10}, 64, ("features.3",)),
 }
+DEEPER = {"cifar_resnet56": ({"widths": (4, 8, 16)}, 32, ())}  # not in the per-family parametrisations
 
 
 def _draw(rng: np.random.Generator, name: str, shape: tuple) -> np.ndarray:
@@ -37,8 +38,12 @@ def _draw(rng: np.random.Generator, name: str, shape: tuple) -> np.ndarray:
 
 def tiny_model(name: str, *, seed: int = 0, dropped=None) -> model_zoo.ZooModel:
     """``TINY[name]`` with its block dropped (or ``dropped``), random weights and BN statistics, in eval mode."""
-    overrides, _, default_drop = TINY[name]
-    dropped = default_drop if dropped is None else dropped
+    overrides, _, default_drop = {**TINY, **DEEPER}[name]
+    return random_model(name, seed=seed, dropped=default_drop if dropped is None else dropped, **overrides)
+
+
+def random_model(name: str, *, seed: int = 0, dropped=(), **overrides) -> model_zoo.ZooModel:
+    """A registered model with random weights and BN statistics drawn with numpy, in eval mode."""
     abstract = nnx.eval_shape(lambda: model_zoo.create(name, dropped=dropped, **overrides))
     graphdef, weights, rest = nnx.split(abstract, (nnx.Param, nnx.BatchStat), ...)
     rng = np.random.default_rng(seed)

@@ -1,7 +1,7 @@
 """Weight import: PyTorch / torchvision state dicts -> zoo models."""
 
 from model_zoo.convert.load import load, load_state_dict, load_weights, torch_key
-from model_zoo.convert.state_dict import read_state_dict
+from model_zoo.convert.state_dict import read_checkpoint, read_state_dict
 
 
 def to_keras(model, input_size=None):
@@ -11,4 +11,4 @@ def to_keras(model, input_size=None):
     return export(model, input_size=input_size)
 
 
-__all__ = ["load", "load_state_dict", "load_weights", "read_state_dict", "to_keras", "torch_key"]
+__all__ = ["load", "load_state_dict", "load_weights", "read_checkpoint", "read_state_dict", "to_keras", "torch_key"]

@@ -13,6 +13,7 @@ the keys of its dropped blocks are left unused.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -23,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from model_zoo import registry
-from model_zoo.convert.state_dict import read_state_dict
+from model_zoo.convert.state_dict import read_checkpoint
 from practise_jax import protocol, surgery
 from practise_jax.errors import UserError
 from practise_jax.latency.programs import _materialise
@@ -78,33 +79,63 @@ def rename_keys(state_dict: Mapping[str, np.ndarray], rules: Rename) -> dict[str
     return renamed
 
 
+@dataclasses.dataclass
+class KeyMatch:
+    """How a state dict's keys meet a model's: values to load, and every mismatch (PyTorch key names)."""
+
+    values: list  # (NNX path, array in Flax layout)
+    missing: list[str]  # the model's keys the file lacks
+    unexpected: list[str]  # the file's keys the model has no place for
+    mismatched: list[str]  # "key: file (shape), model (shape)"
+
+    @property
+    def fits(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+
+def match_keys(model: nnx.Module, state_dict: Mapping[str, np.ndarray]) -> KeyMatch:
+    """Pair each weight of ``model`` (concrete or abstract) with the file's tensor of its PyTorch key."""
+    paths = surgery.block_paths(model) if hasattr(model, "residual_blocks") else {}
+    dropped_prefixes = tuple(f"{paths[address]}." for address in protocol.dropped(model)) if paths else ()
+    used, match = set(), KeyMatch([], [], [], [])
+    for path, variable in nnx.to_flat_state(nnx.state(model, WEIGHTS)):
+        key = torch_key(path)
+        if key not in state_dict:
+            match.missing.append(key)
+            continue
+        used.add(key)
+        value = to_flax_layout(np.asarray(state_dict[key]))
+        if value.shape != variable.get_value().shape:
+            match.mismatched.append(f"{key}: file {tuple(np.shape(state_dict[key]))}, model {_torch_shape(variable.get_value().shape)}")
+            continue
+        match.values.append((path, value))
+    match.unexpected = [k for k in state_dict if k not in used and not k.startswith(dropped_prefixes)]
+    return match
+
+
 def load_state_dict(model: nnx.Module, state_dict: Mapping[str, np.ndarray], *, rename: Rename = (),
                     source: str = "state dict") -> nnx.Module:
     """Copy ``state_dict`` (keys renamed by ``rename``) into ``model`` in place; raise listing every mismatch."""
     state_dict = rename_keys(state_dict, rename) if rename else state_dict
-    paths = surgery.block_paths(model)
-    dropped_prefixes = tuple(f"{paths[address]}." for address in protocol.dropped(model))
+    match = match_keys(model, state_dict)
+    if not match.fits:
+        raise UserError(_mismatch_message(model, state_dict, source, match.missing, match.unexpected, match.mismatched))
     flat = dict(nnx.to_flat_state(nnx.state(model, WEIGHTS)))
-    used, missing, mismatched, values = set(), [], [], []
-    for path, variable in flat.items():
-        key = torch_key(path)
-        if key not in state_dict:
-            missing.append(key)
-            continue
-        used.add(key)
-        value = to_flax_layout(state_dict[key])
-        if value.shape != variable.get_value().shape:
-            mismatched.append(f"{key}: file {tuple(state_dict[key].shape)}, model {_torch_shape(variable.get_value().shape)}")
-            continue
-        values.append((path, value))
-    unexpected = [k for k in state_dict if k not in used and not k.startswith(dropped_prefixes)]
-    if missing or unexpected or mismatched:
-        raise UserError(_mismatch_message(model, state_dict, source, missing, unexpected, mismatched))
-    for path, value in values:
+    for path, value in match.values:
         variable = flat[path]
         flat[path] = variable.replace(jnp.asarray(value, dtype=variable.get_value().dtype))
     nnx.update(model, nnx.from_flat_state(list(flat.items())))
     return model
+
+
+def best_fit(state_dict: Mapping[str, np.ndarray]) -> list[tuple[str, float]]:
+    """Registered models by how well the file fits them: the share of keys present in both with equal shapes."""
+    fits = []
+    for name in registry.list_models():
+        match = match_keys(nnx.eval_shape(lambda name=name: registry.create(name)), state_dict)
+        total = len(match.values) + len(match.missing) + len(match.mismatched)
+        fits.append((name, len(match.values) / max(total, len(state_dict), 1)))
+    return sorted(fits, key=lambda item: -item[1])
 
 
 def _torch_shape(flax_shape: tuple) -> tuple:
@@ -150,22 +181,27 @@ def _mismatch_message(model, state_dict, source, missing, unexpected, mismatched
     return text + "\n" + fix
 
 
-def load_weights(model: nnx.Module, weights: str | os.PathLike | Mapping[str, np.ndarray], *, rename: Rename = ()) -> nnx.Module:
-    """``model`` (any NNX module, concrete or from ``nnx.eval_shape``) with its weights from a file or a state dict.
+def load_weights(model: nnx.Module, weights: str | os.PathLike | Mapping[str, np.ndarray], *, rename: Rename = (),
+                 key: str | None = None) -> nnx.Module:
+    """``model`` (any NNX module, concrete or from ``nnx.eval_shape``) with its weights from a file or a state dict, in eval mode.
 
     ``rename``: rules ``"REGEX=REPLACEMENT"`` that map the file's keys onto the
-    model's PyTorch-style keys (`torch_key` of each parameter path), applied in order.
+    model's PyTorch-style keys (`torch_key` of each parameter path), applied in
+    order. ``key``: which state dict of a file that holds several (``"state_dict_ema"``).
     """
     if isinstance(weights, Mapping):
         state_dict, source = {k: np.asarray(v) for k, v in weights.items()}, "the state dict"
     else:
-        state_dict, source = read_state_dict(weights), f"'{weights}'"
+        state_dict, source = read_checkpoint(weights, key=key).tensors, f"'{weights}'"
     graphdef, state = nnx.split(model)
     model = nnx.merge(graphdef, jax.tree.map(lambda leaf: _materialise(leaf) if isinstance(leaf, jax.ShapeDtypeStruct) else leaf, state))
-    return load_state_dict(model, state_dict, rename=rename, source=source)
+    model = load_state_dict(model, state_dict, rename=rename, source=source)
+    model.eval()  # pretrained weights: BatchNorm on its running statistics until you call model.train()
+    return model
 
 
-def load(name: str, weights: str | os.PathLike, *, dropped: Iterable[str] = (), rename: Rename = (), **overrides) -> nnx.Module:
-    """A registered model with weights read from a file; with ``dropped``, a student that starts from the teacher."""
+def load(name: str, weights: str | os.PathLike, *, dropped: Iterable[str] = (), rename: Rename = (), key: str | None = None,
+         **overrides) -> nnx.Module:
+    """A registered model with weights read from a file, in eval mode; with ``dropped``, a student that starts from the teacher."""
     abstract = nnx.eval_shape(lambda: registry.create(name, dropped=dropped, **overrides))
-    return load_weights(abstract, weights, rename=rename)
+    return load_weights(abstract, weights, rename=rename, key=key)

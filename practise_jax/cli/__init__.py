@@ -11,9 +11,10 @@ import sys
 
 from practise_jax.errors import UserError
 from practise_jax import jit_cache, xla_cpu
-from practise_jax.cli import compress_cmd, demo_cmd, eval_cmd, export_cmd, profile_cmd, score_cmd
+from practise_jax.cli import compress_cmd, demo_cmd, eval_cmd, export_cmd, inspect_cmd, profile_cmd, score_cmd
+from practise_jax.cli.options import int_list  # noqa: F401  (the experiment scripts use it)
 
-SUBCOMMANDS = (compress_cmd, score_cmd, profile_cmd, eval_cmd, export_cmd, demo_cmd)
+SUBCOMMANDS = (compress_cmd, score_cmd, profile_cmd, eval_cmd, export_cmd, inspect_cmd, demo_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,14 +30,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     jit_cache.use_persistent_cache()
     return run_reporting_errors(lambda: args.run(args), f"practise-jax {args.command}")
-
-
-def int_list(text: str) -> list[int]:
-    """An argparse type for comma-separated integers ("50,500"): a typo is a usage error, not a traceback."""
-    try:
-        return [int(item) for item in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of integers (e.g. 50,500)") from None
 
 
 def run_reporting_errors(run, name: str) -> int:

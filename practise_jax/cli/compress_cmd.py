@@ -7,6 +7,7 @@ import json
 
 import model_zoo
 from practise_jax import defaults
+from practise_jax.cli.options import add_input_arguments, add_latency_arguments, add_weights_arguments, normalization_from_args
 from practise_jax.pipeline import INITS, METHODS, CompressConfig, compress
 from practise_jax.protocol import parse_block_list
 
@@ -14,6 +15,8 @@ from practise_jax.protocol import parse_block_list
 def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help=f"one of: {', '.join(model_zoo.list_models())}")
     parser.add_argument("--weights", help="teacher weights (.pth/.th/.safetensors/.npz) or a practise-jax checkpoint folder")
+    add_weights_arguments(parser)
+    add_input_arguments(parser)
     parser.add_argument("--data", required=True, help="tiny-set source: npz:PATH, folder:PATH, tfds:NAME[:SPLIT], synthetic[:N], ood:SPEC")
     parser.add_argument("--eval-data", help="evaluation source (same kinds as --data)")
     parser.add_argument("--eval-limit", type=int, help="evaluate on the first N images of --eval-data only")
@@ -46,16 +49,6 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace a run of other settings in --out")
 
 
-def add_latency_arguments(parser: argparse.ArgumentParser) -> None:
-    """How tau is measured (or read), shared by compress and score."""
-    parser.add_argument("--latency-batch-size", type=int, default=defaults.LATENCY_BATCH_SIZE,
-                        help=f"batch of latency measurements (default {defaults.LATENCY_BATCH_SIZE})")
-    parser.add_argument("--latency-budget", type=float, default=defaults.LATENCY_BUDGET_S,
-                        help=f"seconds of timed latency calls per distinct candidate (default {defaults.LATENCY_BUDGET_S:g})")
-    parser.add_argument("--tau", metavar="CSV", help="read each block's tau from a `practise-jax profile --out` CSV (or a "
-                                                     "scores.csv) instead of measuring it, e.g. one measured on the target device")
-
-
 def register(commands) -> None:
     parser = commands.add_parser("compress", help="profile, score, select, finetune, evaluate; checkpoint and report")
     add_compress_arguments(parser)
@@ -64,8 +57,9 @@ def register(commands) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> CompressConfig:
+    mean, std = normalization_from_args(args) or (None, None)
     return CompressConfig(
-        model=args.model, weights=args.weights, data=args.data, eval_data=args.eval_data, eval_limit=args.eval_limit,
+        model=args.model, weights=args.weights, rename=tuple(args.rename), weights_key=args.weights_key, mean=mean, std=std, data=args.data, eval_data=args.eval_data, eval_limit=args.eval_limit,
         shots=args.shots, seed=args.seed, balanced=args.balanced, method=args.method, drop=args.drop,
         speedup=args.speedup, blocks=parse_block_list(args.blocks), finetune=args.finetune, init=args.init,
         recover_steps=args.recover_steps, finetune_steps=args.finetune_steps, finetune_lr=args.lr,
@@ -81,7 +75,8 @@ def print_summary(summary: dict, out: str) -> None:
         return "–" if value is None else f"{value:.2f}%"
 
     print(f"\n{summary['model']}: {pruned(summary)} ({summary['method']}, {summary['finetune']} finetune)")
-    print(f"  top-1        teacher {pct(summary['top1_teacher'])}  student {pct(summary['top1_student'])}")
+    print(f"  top-1        teacher {pct(summary['top1_teacher'])}  student {pct(summary['top1_student'])}  "
+          f"(right after dropping, before finetuning: {pct(summary.get('top1_dropped'))})")
     print(f"  class mean   teacher {pct(summary['class_mean_teacher'])}  student {pct(summary['class_mean_student'])}")
     print(f"  latency      teacher {summary['latency_ms_teacher']:.2f} ms  student {summary['latency_ms_student']:.2f} ms  "
           f"(-{100 * summary['latency_reduction']:.1f}%, batch {summary['latency_batch_size']}, {summary['device']})")

@@ -10,8 +10,11 @@ from practise_jax import checkpoint as checkpoint_lib
 from practise_jax import protocol
 from practise_jax import data as data_lib
 from practise_jax.errors import UserError
+from practise_jax.cli.options import add_input_arguments, add_weights_arguments, normalization_from_args
 from practise_jax.evaluation import evaluate
+from practise_jax.pipeline import load_teacher
 from practise_jax.protocol import parse_block_list
+from practise_jax.surgery import drop
 from practise_jax.transforms import views_for
 
 
@@ -20,6 +23,8 @@ def register(commands) -> None:
     parser.add_argument("--model", help=f"one of: {', '.join(model_zoo.list_models())} (not needed with --checkpoint)")
     parser.add_argument("--checkpoint", metavar="DIR", help="a compressed model saved by practise-jax (compress --out DIR/student, save_compressed)")
     parser.add_argument("--weights", help="PyTorch/torchvision state dict (.pth/.th), .safetensors or .npz")
+    add_weights_arguments(parser)
+    add_input_arguments(parser)
     parser.add_argument("--drop", default="", help="comma-separated blocks to drop, e.g. layer1.1,layer2.3")
     parser.add_argument("--data", required=True, help="npz:PATH with arrays images (uint8 NHWC) and labels")
     parser.add_argument("--limit", type=int, help="evaluate only the first N images")
@@ -30,6 +35,7 @@ def register(commands) -> None:
 
 def _load_model(args: argparse.Namespace):
     """The model to evaluate (eval mode) and what to call it."""
+    given = normalization_from_args(args)
     if args.checkpoint:
         if args.weights:
             raise UserError("--checkpoint already holds the weights; pass either --checkpoint DIR or --weights FILE, not both.")
@@ -38,14 +44,12 @@ def _load_model(args: argparse.Namespace):
         spec = checkpoint_lib.read_spec(args.checkpoint)
         if args.model and args.model != spec.model:
             raise UserError(f"the checkpoint '{args.checkpoint}' holds a {spec.model}, not a {args.model}; leave out --model.")
-        model, spec = checkpoint_lib.load_compressed(args.checkpoint)
-        return model, spec.model
+        return load_teacher(spec.model, args.checkpoint, normalization=given), spec.model
     if not args.model:
         raise UserError("say which model to evaluate: --model NAME (with --weights FILE), or --checkpoint DIR.")
+    model = load_teacher(args.model, args.weights, rename=tuple(args.rename), key=args.weights_key, normalization=given)
     dropped = parse_block_list(args.drop)
-    if args.weights:
-        return model_zoo.load(args.model, args.weights, dropped=dropped), args.model
-    return model_zoo.create(args.model, dropped=dropped), args.model
+    return (drop(model, dropped) if dropped else model), args.model
 
 
 def run(args: argparse.Namespace) -> int:

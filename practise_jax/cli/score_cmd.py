@@ -11,7 +11,7 @@ import numpy as np
 
 import model_zoo
 from practise_jax import api, defaults, latency, protocol, selection
-from practise_jax.cli.compress_cmd import add_latency_arguments
+from practise_jax.cli.options import add_input_arguments, add_latency_arguments, add_weights_arguments, normalization_from_args
 from practise_jax.pipeline import load_inputs
 
 
@@ -20,6 +20,8 @@ def register(commands) -> None:
     parser.add_argument("--model", required=True, help=f"one of: {', '.join(model_zoo.list_models())}")
     parser.add_argument("--weights", required=True,
                         help="teacher weights (.pth/.th/.safetensors/.npz) or a practise-jax checkpoint folder")
+    add_weights_arguments(parser)
+    add_input_arguments(parser)
     parser.add_argument("--data", required=True, help="tiny-set source: npz:PATH, folder:PATH, tfds:NAME[:SPLIT], synthetic[:N], ood:SPEC")
     parser.add_argument("--shots", type=int, default=defaults.SHOTS, help=f"images in the tiny set (default {defaults.SHOTS}; -1 = all)")
     parser.add_argument("--seed", type=int, default=defaults.SEED,
@@ -46,8 +48,10 @@ def run(args: argparse.Namespace) -> int:
     info = model_zoo.get_info(args.model)
     if args.speedup is not None:
         selection.check_target(args.speedup)
-    inputs = load_inputs(args.model, args.weights, args.data, args.shots, args.seed, balanced=args.balanced)
+    inputs = load_inputs(args.model, args.weights, args.data, args.shots, args.seed, balanced=args.balanced,
+                         rename=tuple(args.rename), key=args.weights_key, normalization=normalization_from_args(args))
     teacher = inputs.teacher
+    log(f"input: {teacher.input_spec.describe()}")
     blocks = protocol.check_drop_set(teacher, protocol.parse_block_list(args.blocks)) if args.blocks else protocol.candidates(teacher)
     if args.drop is not None:
         selection.check_count(args.drop, len(blocks))
@@ -71,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     device = tau.setting.device if isinstance(tau, latency.Profile) else f"read from {args.tau}"
     print(f"\n{len(blocks)} candidates, {steps} adaptor steps each: recoverability took {recover_seconds:.0f} s "
           f"(candidates read back from recoverability.jsonl cost nothing). Latency: batch {args.latency_batch_size}, {device}.")
+    print(f"input normalisation: {teacher.input_spec.describe()}")
     if args.drop is not None or args.speedup is not None:
         chosen = api.select(scores, k=args.drop, speedup=args.speedup)
         predicted = sum(scores.tau[b] for b in chosen)

@@ -8,9 +8,9 @@
 ``tfds:NAME[:SPLIT]``
     a TensorFlow Datasets dataset already prepared on this machine (split
     ``train`` by default; `practise_jax.data.tfds`).
-``synthetic[:N[:CLASSES[:SEED]]]``
+``synthetic[:N[:CLASSES[:SEED]]]``, ``synthetic-hard[:N[:CLASSES[:SEED]]]``
     a generated task that needs nothing from outside (default 1000 images,
-    10 classes, seed 0); see `practise_jax.data.synthetic`.
+    10 classes, seed 0), easy or hard; see `practise_jax.data.synthetic`.
 ``ood:SPEC``
     any of the above as an *out-of-domain* set (PRACTISE_SPEC.md section 7):
     its labels mean nothing to the model (``ImageSet.labelled`` is False),
@@ -36,12 +36,13 @@ from practise_jax.data.sampling import sample_tiny_set, sample_uniform
 from practise_jax.data.synthetic import synthetic, synthetic_labels
 from practise_jax.errors import UserError
 
-KINDS = "npz:PATH, folder:PATH, imagenet:PATH, tfds:NAME[:SPLIT], synthetic[:N[:CLASSES[:SEED]]], ood:SPEC"
+KINDS = ("npz:PATH, folder:PATH, imagenet:PATH, tfds:NAME[:SPLIT], synthetic[:N[:CLASSES[:SEED]]], "
+         "synthetic-hard[:N[:CLASSES[:SEED]]], ood:SPEC")
 
 
 def _split_spec(spec: str) -> tuple[str, str]:
     kind, sep, rest = spec.partition(":")
-    if kind == "synthetic":
+    if kind in ("synthetic", "synthetic-hard"):
         return kind, rest
     if not sep:
         raise UserError(f"data spec '{spec}' has no kind; write it as one of {KINDS}.")
@@ -71,7 +72,7 @@ def load_source(spec: str, *, image_size: int | None = None, indices=None) -> Im
     if kind == "tfds":
         return tfds.load_tfds(rest, image_size=image_size, indices=indices)
     count, classes, seed = _synthetic_args(spec, rest)
-    return synthetic(count, image_size or 32, num_classes=classes, seed=seed, indices=indices)
+    return synthetic(count, image_size or 32, num_classes=classes, seed=seed, indices=indices, hard=kind == "synthetic-hard")
 
 
 def source_labels(spec: str) -> np.ndarray:

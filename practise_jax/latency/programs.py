@@ -112,11 +112,25 @@ def cost_of(compiled, params: int) -> Cost:
 
 
 def compile_program(prog: Program, device: jax.Device) -> Compiled:
-    """Deserialize, feed N(0, 1) inputs on ``device``, compile; ``run`` calls it once and blocks."""
+    """Deserialize, feed finite inputs like a trained network's on ``device``, compile; ``run`` calls it once and blocks.
+
+    Weights of two or more dimensions are N(0, 1 / fan-in), vectors (BN
+    statistics, scales, biases) ones, the batch N(0, 1): activations stay of
+    order one through any depth, with no NaN or infinity to slow a kernel.
+    numpy draws them (jax.random would compile a program per shape).
+    """
     exported = jax.export.deserialize(prog.serialized)
-    rng = np.random.default_rng(0)  # numpy: drawing with jax.random would compile a program per shape
-    leaves = [jax.device_put(rng.standard_normal(a.shape).astype(a.dtype) if jnp.issubdtype(a.dtype, jnp.floating)
-                             else np.zeros(a.shape, a.dtype), device) for a in exported.in_avals]
+    rng = np.random.default_rng(0)
+
+    def draw(aval, batch: bool):
+        if not jnp.issubdtype(aval.dtype, jnp.floating):
+            return np.zeros(aval.shape, aval.dtype)
+        if batch or len(aval.shape) < 2:
+            return (rng.standard_normal(aval.shape) if batch else np.ones(aval.shape)).astype(aval.dtype)
+        return (rng.standard_normal(aval.shape) / np.sqrt(math.prod(aval.shape[:-1]))).astype(aval.dtype)
+
+    avals = exported.in_avals
+    leaves = [jax.device_put(draw(a, k == len(avals) - 1), device) for k, a in enumerate(avals)]
     weights, x = leaves[:-1], leaves[-1]
     compiled = jax.jit(exported.call).lower(weights, x).compile()
     return Compiled(lambda: jax.block_until_ready(compiled(weights, x)), cost_of(compiled, prog.params))

@@ -31,7 +31,8 @@ def compress(config: CompressConfig, out: str | Path, *, overwrite: bool = False
     config.check()
     run = Run(out, config, overwrite, log)
     inputs = load_inputs(config.model, config.weights, config.data, config.shots, config.seed, balanced=config.balanced,
-                         eval_data=config.eval_data, eval_limit=config.eval_limit)
+                         eval_data=config.eval_data, eval_limit=config.eval_limit, rename=config.rename,
+                         key=config.weights_key, normalization=config.normalization())
     teacher = inputs.teacher
     if config.blocks:
         protocol.check_drop_set(teacher, config.blocks)
@@ -72,6 +73,7 @@ def summarise(ctx: Context, run: Run) -> dict:
         "latency_ms_teacher": speed["teacher_ms"], "latency_ms_student": speed["student_ms"],
         "latency_reduction": speed["tau"], "latency_reduction_predicted": speed["tau_predicted"],
         "top1_teacher": accuracy.get("teacher", {}).get("top1"), "top1_student": accuracy.get("student", {}).get("top1"),
+        "top1_dropped": next((h["top1"] for h in tuned["history"] if h.get("step") == 0 and "top1" in h), None),
         "class_mean_teacher": accuracy.get("teacher", {}).get("class_mean"),
         "class_mean_student": accuracy.get("student", {}).get("class_mean"),
         "eval_images": accuracy.get("images"), "device": speed["device"], "latency_batch_size": speed["batch_size"],

@@ -8,6 +8,7 @@ from practise_jax import defaults, selection
 from practise_jax.errors import UserError
 from practise_jax.finetuning import FinetuneConfig
 from practise_jax.recoverability import RecoverConfig
+from practise_jax.transforms import normalization
 
 METHODS = ("practise", "first-k", "random", "filter")
 INITS = ("plain", "folded")
@@ -18,7 +19,8 @@ class CompressConfig:
     """One run: model and weights, the tiny set, what to drop and how, training and latency settings.
 
     ``weights``: a weight file, a practise-jax checkpoint folder, or None
-    (random weights). ``recover_steps`` None means `defaults.adaptor_steps` for
+    (random weights); ``rename`` and ``weights_key`` say how to read the
+    file, ``mean``/``std`` the normalisation it was trained with. ``recover_steps`` None means `defaults.adaptor_steps` for
     this platform. ``tau_from``: a profile or scores CSV to read tau from
     instead of measuring it (say, measured on the deployment device).
     ``scores_from``: the recoverability store (or folder) of a `score` run
@@ -28,6 +30,10 @@ class CompressConfig:
     model: str
     weights: str | None
     data: str
+    rename: tuple[str, ...] = ()  # REGEX=REPLACEMENT rules mapping the weight file's keys onto the model's
+    weights_key: str | None = None  # which state dict of the file, when it holds several
+    mean: tuple[float, ...] | None = None  # the input normalisation the weights were trained with;
+    std: tuple[float, ...] | None = None  # None: the model's (registry default, or the checkpoint's)
     eval_data: str | None = None
     eval_limit: int | None = None
     shots: int = defaults.SHOTS
@@ -62,7 +68,12 @@ class CompressConfig:
         return FinetuneConfig(loss=self.finetune, steps=self.finetune_steps, batch_size=self.batch_size,
                               lr=self.finetune_lr, eval_every=self.eval_every, seed=self.seed)
 
+    def normalization(self):
+        """``(mean, std)`` as given, checked, or None."""
+        return normalization(self.mean, self.std)
+
     def check(self) -> None:
+        self.normalization()
         if self.method not in METHODS:
             raise UserError(f"unknown method '{self.method}'; choose one of: {', '.join(METHODS)}.")
         if self.init not in INITS:

@@ -17,7 +17,7 @@ import model_zoo
 from practise_jax import checkpoint
 from practise_jax import data as data_lib
 from practise_jax.errors import UserError
-from practise_jax.transforms import Views, views_for
+from practise_jax.transforms import InputSpec, Views, views_for
 
 
 @dataclasses.dataclass
@@ -30,25 +30,35 @@ class Inputs:
     eval_views: Views | None = None
 
 
-def load_teacher(model: str, weights: str | None) -> nnx.Module:
-    """The teacher in eval mode: from a weight file, from a practise-jax checkpoint folder, or random."""
+def load_teacher(model: str, weights: str | None, *, rename=(), key: str | None = None, normalization=None) -> nnx.Module:
+    """The teacher in eval mode: from a weight file, from a practise-jax checkpoint folder, or random.
+
+    ``normalization`` ``(mean, std)``, when given, replaces the input
+    normalisation the model carries (the registry's, marked assumed, or the
+    checkpoint's) and is marked as given.
+    """
     if weights is None:
         teacher = model_zoo.create(model)
     elif Path(weights).is_dir():
+        if rename or key:
+            raise UserError(f"'{weights}' is a practise-jax checkpoint; --rename and --weights-key apply to weight files.")
         teacher, spec = checkpoint.load_compressed(weights)
         if spec.model != model:
             raise UserError(f"the checkpoint '{weights}' holds a {spec.model}, not a {model}; use --model {spec.model}.")
     else:
-        teacher = model_zoo.load(model, weights)
+        teacher = model_zoo.load(model, weights, rename=rename, key=key)
+    if normalization is not None:
+        teacher.input_spec = InputSpec(teacher.input_spec.size, *normalization, "given")
     teacher.eval()
     return teacher
 
 
 def load_inputs(model: str, weights: str | None, data: str, shots: int, seed: int, *, balanced: bool = False,
-                eval_data: str | None = None, eval_limit: int | None = None) -> Inputs:
+                eval_data: str | None = None, eval_limit: int | None = None, rename=(), key: str | None = None,
+                normalization=None) -> Inputs:
     """Teacher, tiny set (seeded draw, decoded at the model's stored size) and optional evaluation set."""
     info = model_zoo.get_info(model)
-    teacher = load_teacher(model, weights)
+    teacher = load_teacher(model, weights, rename=rename, key=key, normalization=normalization)
     spec = teacher.input_spec
     tiny, indices = data_lib.load_tiny_set(data, shots, seed, num_classes=info.num_classes, image_size=spec.size,
                                            balanced=balanced)

@@ -20,10 +20,12 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
+import jax
 import numpy as np
 from flax import nnx
 
 from practise_jax import defaults, latency, protocol, recoverability, selection, surgery
+from practise_jax import devices as device_list
 from practise_jax.data.imageset import ImageSet, validate_labels
 from practise_jax.errors import UserError
 from practise_jax.evaluation import Accuracy
@@ -99,7 +101,8 @@ def profile(model: nnx.Module, x, candidates: Iterable[Iterable[str] | str] | No
 def score(teacher: nnx.Module, images, *, tau: latency.Profile | Mapping[str, float] | None = None,
           blocks: Sequence[str] | None = None, steps: int | None = None, batch_size: int = defaults.BATCH_SIZE,
           seed: int = 0, views: Views | None = None, mean=None, std=None, vmap: bool = False,
-          store: str | os.PathLike | None = None, progress: bool = False, latency_options: Mapping | None = None) -> Scores:
+          devices: int | Sequence | None = None, store: str | os.PathLike | None = None, progress: bool = False,
+          latency_options: Mapping | None = None) -> Scores:
     """Recoverability R, latency reduction tau and score R / tau% of every candidate block, ranked best first.
 
     R: drop the block, put identity 1x1 adaptors on the convs that write and
@@ -108,9 +111,13 @@ def score(teacher: nnx.Module, images, *, tau: latency.Profile | Mapping[str, fl
     the teacher's on ``images``, and take the remaining feature MSE. ``tau``:
     a `profile` result or ``{block: fraction}``; None measures it here at batch
     64 (``latency_options`` go to `profile`). ``blocks``: the candidates
-    (default: every droppable block). ``store``: a JSON-lines file that keeps
-    each finished candidate, so a rerun resumes; it refuses results made from
-    another teacher, other images or other settings.
+    (default: every droppable block). ``devices``: how many local devices (or
+    which) to spread each group's candidates over, the batch too where a group
+    has fewer candidates than devices (default: all of them; one device trains
+    a group in lockstep); with several processes (`practise_jax.devices`) the
+    mesh spans all of theirs. ``store``: a JSON-lines file that keeps each
+    finished candidate, so a rerun resumes; it refuses results made from
+    another teacher, other images or other settings (process 0 keeps it).
 
     >>> import numpy as np, practise_jax as pj, model_zoo
     >>> net = model_zoo.create("cifar_resnet20", widths=(4, 8, 16))
@@ -127,9 +134,13 @@ def score(teacher: nnx.Module, images, *, tau: latency.Profile | Mapping[str, fl
         raise UserError(f"{type(teacher).__name__} has no droppable block left to score.")
     view = _resolve_views(teacher, images, views, mean, std)
     config = RecoverConfig(steps=defaults.adaptor_steps() if steps is None else steps, batch_size=batch_size, seed=seed)
-    results = None if store is None else ResultsStore(store, recoverability.scoring_settings(teacher, images, view, config))
+    settings = recoverability.scoring_settings(teacher, images, view, config)
+    device_list.check_same_settings(settings)
+    spread = device_list.spread(devices)
+    results = None if store is None or jax.process_index() > 0 else ResultsStore(store, settings)
     teacher.eval()
-    records = recoverability.score_candidates(teacher, chosen, images, view, config, results, progress=progress, vmap=vmap)
+    records = recoverability.score_candidates(teacher, chosen, images, view, config, results, progress=progress, vmap=vmap,
+                                              spread=spread)
     if tau is None:
         tau = profile(teacher, (defaults.LATENCY_BATCH_SIZE, view.input_size, view.input_size, 3), [(b,) for b in chosen],
                       **dict(latency_options or {}))
@@ -183,7 +194,8 @@ def finetune(student: nnx.Module, images, *, teacher: nnx.Module | None = None, 
              steps: int = defaults.FINETUNE_STEPS, lr: float | None = None, batch_size: int = defaults.BATCH_SIZE,
              seed: int = 0, views: Views | None = None, mean=None, std=None,
              evaluate: Callable[[nnx.Module], dict] | None = None, eval_every: int = defaults.EVAL_EVERY,
-             state_path: str | os.PathLike | None = None, progress: bool = False) -> tuple[nnx.Module, list[dict]]:
+             devices: int | Sequence | None = None, state_path: str | os.PathLike | None = None,
+             progress: bool = False) -> tuple[nnx.Module, list[dict]]:
     """Train ``student`` on the tiny set; return the trained student (a new module, in eval mode) and its history.
 
     ``loss``: ``"mimic"`` (PRACTISE: the teacher's pre-pooling features, no
@@ -192,7 +204,9 @@ def finetune(student: nnx.Module, images, *, teacher: nnx.Module | None = None, 
     ``lr`` defaults to the loss's (mimic/kd 0.02, ce 1e-4); the schedule drops
     it x0.1 at 40% and 80% of ``steps``. ``evaluate(model) -> dict`` runs every
     ``eval_every`` steps; the history lists the losses and those results.
-    ``state_path``: a file to resume a killed run from.
+    ``devices``: how many local devices (or which) to split each batch over,
+    data-parallel (default: all of them). ``state_path``: a file to resume a
+    killed run from.
 
     >>> import numpy as np, practise_jax as pj, model_zoo
     >>> teacher = model_zoo.create("cifar_resnet20", widths=(4, 8, 16))
@@ -206,7 +220,8 @@ def finetune(student: nnx.Module, images, *, teacher: nnx.Module | None = None, 
     config = FinetuneConfig(loss=loss, steps=steps, lr=lr, batch_size=batch_size, seed=seed, eval_every=eval_every)
     labels = None if labels is None else _labels(labels, len(images))
     return finetune_loop(student, teacher, images, labels, config, view.train, evaluate=evaluate,
-                         state_path=None if state_path is None else Path(state_path), progress=progress)
+                         state_path=None if state_path is None else Path(state_path), progress=progress,
+                         spread=device_list.spread_locally(devices))
 
 
 def evaluate(model: nnx.Module, images, labels, *, views: Views | None = None, mean=None, std=None,

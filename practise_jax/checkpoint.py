@@ -336,7 +336,12 @@ def load_compressed(directory: str | os.PathLike,
     described = f"{spec.model or type(abstract).__name__} {dropped} as {SPEC_FILE} describes it"
     try:
         with ocp.StandardCheckpointer() as checkpointer:
-            stored = checkpointer.restore(weights_dir)
+            # A target in the stored layout, on this process's first device: orbax restores each process its own copy.
+            metadata = checkpointer.metadata(weights_dir)
+            here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+            layout = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
+                                  getattr(metadata, "item_metadata", metadata))
+            stored = checkpointer.restore(weights_dir, layout)
     except Exception as error:  # unreadable or damaged files
         raise UserError(f"could not read the weights in '{weights_dir}' ({type(error).__name__}: "
                         f"{str(error).splitlines()[0][:300]}); the checkpoint is damaged, save it again.") from None

@@ -41,7 +41,7 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from practise_jax import defaults
+from practise_jax import defaults, devices
 from practise_jax.errors import UserError
 from practise_jax.recoverability import batch_indices, mse, step_decay_sgd
 
@@ -103,10 +103,12 @@ def make_loss(loss: str, temperature: float) -> Callable:
     return value
 
 
-def make_step(student_graphdef, teacher_graphdef, tx, config: FinetuneConfig, train_view: Callable):
+def make_step(student_graphdef, teacher_graphdef, tx, config: FinetuneConfig, train_view: Callable, batch_sharding=None):
     """``step(params, rest, opt_state, failed, teacher_state, images, labels, batch, key, index)``, jitted, buffers donated.
 
-    The batch ``images[batch]`` (and its labels) is gathered inside the step.
+    The batch ``images[batch]`` (and its labels) is gathered inside the step;
+    ``batch_sharding`` splits it over a mesh's devices (data parallelism: XLA
+    reduces the gradients and the BatchNorm statistics across them).
 
     ``failed`` is the first step whose loss or updated weights were not
     finite (-1: none); once set, the step returns its inputs unchanged.
@@ -123,10 +125,13 @@ def make_step(student_graphdef, teacher_graphdef, tx, config: FinetuneConfig, tr
         new_rest = nnx.split(student, nnx.Param, ...)[2]
         return loss_of(logits, features, teacher_logits, teacher_features, labels), new_rest
 
+    def split(x):
+        return x if batch_sharding is None else jax.lax.with_sharding_constraint(x, batch_sharding)
+
     @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
     def step(params, rest, opt_state, failed, teacher_state, images, labels, batch, key, index):
-        x = train_view(key, images[batch])
-        (loss, new_rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rest, teacher_state, x, labels[batch])
+        x = split(train_view(key, images[batch]))
+        (loss, new_rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rest, teacher_state, x, split(labels[batch]))
         updates, new_opt_state = tx.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
         finite = jnp.isfinite(loss) & jnp.all(jnp.asarray([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(new_params)]))
@@ -179,7 +184,7 @@ def load_state(path: Path, template: TrainState) -> TrainState | None:
 
 def finetune(student: nnx.Module, teacher: nnx.Module | None, images: np.ndarray, labels: np.ndarray | None,
              config: FinetuneConfig, train_view: Callable, *, evaluate: Callable[[nnx.Module], dict] | None = None,
-             state_path: Path | None = None, progress: bool = False) -> tuple[nnx.Module, list]:
+             state_path: Path | None = None, progress: bool = False, spread: list | None = None) -> tuple[nnx.Module, list]:
     """Train ``student`` on the tiny set; returns the trained student (eval mode) and its history.
 
     ``train_view(key, images)`` gives the augmented, normalised batch.
@@ -205,13 +210,26 @@ def finetune(student: nnx.Module, teacher: nnx.Module | None, images: np.ndarray
     state = TrainState(0, params, rest, tx.init(params), [])
     if state_path is not None:
         state = load_state(state_path, state) or state
-    step_fn = make_step(graphdef, teacher_graphdef, tx, config, train_view)
+    batch_sharding, everywhere = None, jnp.asarray
+    if spread:
+        if min(config.batch_size, len(images)) % len(spread):
+            raise UserError(f"a batch of {min(config.batch_size, len(images))} images does not split over {len(spread)} devices; "
+                            f"choose a batch size divisible by {len(spread)}, or fewer devices.")
+        mesh = devices.batch_mesh(list(spread))
+        batch_sharding = devices.sharded(mesh, devices.BATCH)
+
+        def everywhere(x):
+            return devices.place(x, devices.sharded(mesh))
+
+        state.params, state.rest, state.opt_state = everywhere((state.params, state.rest, state.opt_state))
+        teacher_state = None if teacher_state is None else everywhere(teacher_state)
+    step_fn = make_step(graphdef, teacher_graphdef, tx, config, train_view, batch_sharding)
     batches = batch_indices(len(images), config.batch_size, np.random.RandomState(config.seed))
     for _ in range(state.step):  # replay the batch order up to where the saved run stopped
         next(batches)
     keys = jax.random.split(jax.random.key(config.seed), max(config.steps, 1))
-    device_images = jnp.asarray(images)
-    device_labels = jnp.asarray(labels if labels is not None else np.zeros(len(images), np.int32))
+    device_images = everywhere(images)
+    device_labels = everywhere(labels if labels is not None else np.zeros(len(images), np.int32))
     failed = jnp.asarray(-1, jnp.int32)
 
     def current_model():

@@ -37,7 +37,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from practise_jax import adaptors as adaptor_lib
-from practise_jax import defaults, protocol, surgery
+from practise_jax import defaults, devices, protocol, surgery
 from practise_jax.adaptors import Adaptor
 from practise_jax.errors import UserError
 from practise_jax.store import ResultsStore
@@ -316,8 +316,12 @@ def _effective(adaptors, active):
     return jax.tree.map(lambda m, a: a * m + (1.0 - a) * jnp.eye(m.shape[0], dtype=m.dtype), adaptors, active)
 
 
-def make_group_step(teacher_graphdef, group: Group, config: RecoverConfig, views: Views):
-    """One update of every candidate of ``group`` at once: vmap over (adaptors, opt_state, mask, active)."""
+def make_group_step(teacher_graphdef, group: Group, config: RecoverConfig, views: Views, batch_sharding=None):
+    """One update of every candidate of ``group`` at once: vmap over (adaptors, opt_state, mask, active).
+
+    ``batch_sharding`` (a mesh's batch axis) splits each augmented batch over
+    devices; XLA then reduces each candidate's gradient across them.
+    """
     optimizer = adaptor_optimizer(config)
     start = group.start
 
@@ -330,16 +334,20 @@ def make_group_step(teacher_graphdef, group: Group, config: RecoverConfig, views
         updates, opt_state = optimizer.update(grads, opt_state, adaptors)
         return optax.apply_updates(adaptors, updates), opt_state, loss
 
+    def split_batch(x):
+        return x if batch_sharding is None else jax.lax.with_sharding_constraint(x, batch_sharding)
+
     @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def step(adaptors, opt_state, masks, active, frozen, teacher_state, images, index, key):
+    def step(adaptors, opt_state, masks, active, frozen, teacher_state, images, index, key_data):
         teacher = nnx.merge(teacher_graphdef, teacher_state)
-        h = jax.lax.stop_gradient(teacher.block_input(views.train(key, images[index]), start))
+        x = split_batch(views.train(jax.random.wrap_key_data(key_data), images[index]))
+        h = jax.lax.stop_gradient(teacher.block_input(x, start))
         target = jax.lax.stop_gradient(teacher(h, start=start)[1]["pre_gap"])
         return jax.vmap(update, in_axes=(0, 0, 0, 0, None, None, None))(adaptors, opt_state, masks, active, frozen, h, target)
 
     @jax.jit
     def distance(adaptors, masks, active, frozen, teacher_state, images, target):
-        h = nnx.merge(teacher_graphdef, teacher_state).block_input(views.eval(images), start)
+        h = nnx.merge(teacher_graphdef, teacher_state).block_input(split_batch(views.eval(images)), start)
 
         def one(adaptors, mask, active):
             model = nnx.merge(group.graphdef, _effective(adaptors, active), frozen)
@@ -351,35 +359,54 @@ def make_group_step(teacher_graphdef, group: Group, config: RecoverConfig, views
 
 
 def recover_group(teacher: nnx.Module, blocks: Sequence[str], images: np.ndarray, views: Views, config: RecoverConfig,
-                  targets=None, progress: bool = False) -> list[dict]:
-    """R of several candidates in one batched computation (same batches and keys for each); one record per block."""
+                  targets=None, progress: bool = False, mesh=None) -> list[dict]:
+    """R of several candidates in one batched computation (same batches and keys for each); one record per block.
+
+    With a ``mesh`` (`practise_jax.devices.candidate_mesh`) the candidates are
+    spread over its ``candidates`` axis (the group padded with copies of its
+    last candidate to fill it) and each batch over its ``batch`` axis; every
+    process of a multi-process run computes its own shards.
+    """
     teacher.eval()
     teacher_graphdef, teacher_state = nnx.split(teacher)
     if targets is None:
         targets = teacher_targets(teacher, images, views, config.batch_size)
-    group = build_group(teacher, blocks)
-    optimizer, step, distance = make_group_step(teacher_graphdef, group, config, views)
     count = len(blocks)
-    stacked = jax.tree.map(lambda m: jnp.broadcast_to(m, (count,) + m.shape), group.adaptors)
+    across = 1 if mesh is None else mesh.shape[devices.CANDIDATES]
+    padded = list(blocks) + [blocks[-1]] * (-count % across)
+    group = build_group(teacher, padded)
+    splits = mesh is not None and mesh.shape[devices.BATCH] > 1
+    optimizer, step, distance = make_group_step(teacher_graphdef, group, config, views,
+                                                devices.sharded(mesh, devices.BATCH) if splits else None)
+    stacked = jax.tree.map(lambda m: np.broadcast_to(np.asarray(m), (len(padded),) + m.shape), group.adaptors)
+    per_candidate, shared = (stacked, group.masks, group.active), (group.frozen, teacher_state, images)
+
+    def everywhere(tree):  # the same on every device (of every process, with a mesh)
+        return tree if mesh is None else devices.place(tree, devices.sharded(mesh))
+
+    if mesh is not None:
+        per_candidate = devices.place(per_candidate, devices.sharded(mesh, devices.CANDIDATES))
+    stacked, masks, active = per_candidate
+    frozen, teacher_state, device_images = everywhere(shared)
+    metric_batches = [everywhere((images[i:i + config.batch_size], np.asarray(t)))
+                      for i, t in zip(range(0, len(images), config.batch_size), targets)]
 
     def metric(adaptors):
-        total = sum(np.asarray(distance(adaptors, group.masks, group.active, group.frozen, teacher_state,
-                                        images[i:i + config.batch_size], t), np.float64)
-                    for i, t in zip(range(0, len(images), config.batch_size), targets))
+        total = sum(devices.fetch(distance(adaptors, masks, active, frozen, teacher_state, batch, target)).astype(np.float64)
+                    for batch, target in metric_batches)
         return total / sum(t.size for t in targets)
 
     raw = metric(stacked)
-    adaptors = jax.tree.map(jnp.array, stacked)
-    opt_state = jax.vmap(optimizer.init)(adaptors)
-    device_images = jnp.asarray(images)
+    adaptors = jax.tree.map(jnp.copy, stacked)  # own buffers: the step donates them
+    opt_state = jax.jit(jax.vmap(optimizer.init))(adaptors)
     batches = batch_indices(len(images), config.batch_size, np.random.RandomState(config.seed))
-    keys = jax.random.split(jax.random.key(config.seed), config.steps)
+    keys = np.asarray(jax.random.key_data(jax.random.split(jax.random.key(config.seed), config.steps)))
     started = time.perf_counter()
     losses = None
     for i in tqdm(range(config.steps), desc=_progress_label(blocks), unit="step", disable=not progress, leave=False):
-        adaptors, opt_state, losses = step(adaptors, opt_state, group.masks, group.active, group.frozen,
-                                           teacher_state, device_images, next(batches), keys[i])
-    losses = np.asarray(losses, np.float64)
+        adaptors, opt_state, losses = step(adaptors, opt_state, masks, active, frozen, teacher_state, device_images,
+                                           *everywhere((next(batches), keys[i])))
+    losses = devices.fetch(losses).astype(np.float64)
     train_seconds = time.perf_counter() - started
     recovered = metric(adaptors)
     records = []
@@ -406,24 +433,47 @@ def recover_lockstep(teacher: nnx.Module, blocks: Sequence[str], images: np.ndar
 
 def score_candidates(teacher: nnx.Module, blocks: Sequence[str], images: np.ndarray, views: Views,
                      config: RecoverConfig, store: ResultsStore | None = None, progress: bool = False,
-                     vmap: bool = False) -> list[dict]:
+                     vmap: bool = False, spread: Sequence | None = None) -> list[dict]:
     """R for every candidate; finished candidates are read back from ``store`` and new ones written as they finish.
 
     The candidates of a group (those whose adaptors start at the same block:
-    a stage) are trained together: by default in lockstep; with
-    ``vmap=True`` as one batched computation over dynamic block masks.
+    a stage) are trained together: by default in lockstep; with ``vmap=True``
+    as one batched computation over dynamic block masks; with ``spread`` (a
+    list of devices, of every process), that computation spread over a mesh
+    of them (`practise_jax.devices.candidate_mesh`). With several
+    processes only process 0 keeps a store; it says which candidates are done
+    and its records go to every process.
     """
-    pending = [b for b in blocks if store is None or b not in store]
-    done = {b: store.get(b) for b in blocks if store is not None and b in store}
+    held = devices.broadcast_from_first(np.asarray([store is not None and b in store for b in blocks]))
+    pending = [b for b, done_before in zip(blocks, held) if not done_before]
+    done = {b: store.get(b) for b, done_before in zip(blocks, held) if done_before and store is not None}
     targets = teacher_targets(teacher, images, views, config.batch_size) if pending else None
-    recover_unit = recover_group if vmap else recover_lockstep
     units = groups(teacher, pending)
     for unit in tqdm(units, desc="candidates", unit="group", disable=not (progress and units)):
+        if spread:
+            recover_unit = functools.partial(recover_group, mesh=devices.candidate_mesh(list(spread), len(unit)))
+        else:
+            recover_unit = recover_group if vmap else recover_lockstep
         for record in recover_unit(teacher, unit, images, views, config, targets=targets, progress=progress):
             if store is not None:
                 store.put(record["block"], record)
             done[record["block"]] = record
-    return [done[b] for b in blocks]
+    return share_records(teacher, blocks, done)
+
+
+SHARED_FIGURES = ("recoverability", "raw_distance", "final_train_loss", "train_seconds")
+
+
+def share_records(teacher: nnx.Module, blocks: Sequence[str], done: dict) -> list[dict]:
+    """Every block's record on every process: process 0's figures broadcast (others may lack the stored ones)."""
+    if jax.process_count() == 1:
+        return [done[b] for b in blocks]
+    from jax.experimental import multihost_utils
+
+    figures = np.asarray([[done[b][f] if b in done else np.nan for f in SHARED_FIGURES] for b in blocks], np.float64)
+    figures = np.asarray(multihost_utils.broadcast_one_to_all(figures))
+    return [{"block": b, **dict(zip(SHARED_FIGURES, map(float, row))), "steps": done.get(b, {}).get("steps"),
+             "adaptor_sites": [s.name for s in adaptor_lib.placement(teacher, b)]} for b, row in zip(blocks, figures)]
 
 
 def groups(teacher: nnx.Module, blocks: Sequence[str]) -> list[list[str]]:

@@ -46,6 +46,3 @@ def run_reporting_errors(run, name: str) -> int:
         print(f"{name}: interrupted; finished work is kept, rerun the same command to resume.", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

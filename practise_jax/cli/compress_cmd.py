@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import model_zoo
 from practise_jax import defaults
@@ -43,6 +44,8 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"evaluate every N finetune steps (default {defaults.EVAL_EVERY})")
     add_latency_arguments(parser)
     parser.add_argument("--vmap", action="store_true", help="score the candidates of a stage together (pays on GPUs)")
+    parser.add_argument("--devices", type=int, metavar="N",
+                        help="local devices to spread scoring (candidates) and finetuning (batch) over (default: all)")
     parser.add_argument("--scores-from", metavar="DIR", help="reuse the recoverability of a 'practise-jax score --out DIR' run "
                                                              "with the same model, weights, data, shots, seed and steps")
     parser.add_argument("--out", required=True, help="run folder (resumable: rerun the same command to continue)")
@@ -64,7 +67,7 @@ def config_from_args(args: argparse.Namespace) -> CompressConfig:
         speedup=args.speedup, blocks=parse_block_list(args.blocks), finetune=args.finetune, init=args.init,
         recover_steps=args.recover_steps, finetune_steps=args.finetune_steps, finetune_lr=args.lr,
         batch_size=args.batch_size, eval_every=args.eval_every, latency_batch_size=args.latency_batch_size,
-        latency_budget=args.latency_budget, tau_from=args.tau, vmap=args.vmap, scores_from=args.scores_from,
+        latency_budget=args.latency_budget, tau_from=args.tau, devices=args.devices, vmap=args.vmap, scores_from=args.scores_from,
     )
 
 
@@ -84,8 +87,13 @@ def print_summary(summary: dict, out: str) -> None:
     print(f"  report {out}/report.md   checkpoint {out}/student   summary {out}/summary.json")
 
 
+def progress_line(message: str) -> None:
+    """Phase lines go to stderr, so stdout holds only the summary (JSON with --json)."""
+    print(message, file=sys.stderr, flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
-    summary = compress(config_from_args(args), args.out, overwrite=args.overwrite)
+    summary = compress(config_from_args(args), args.out, overwrite=args.overwrite, log=progress_line)
     if args.json:
         print(json.dumps(summary, indent=1))
     else:

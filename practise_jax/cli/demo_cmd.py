@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from practise_jax.cli.compress_cmd import print_summary
+from practise_jax.cli.compress_cmd import print_summary, progress_line
 from practise_jax.demo import DemoSteps, run_demo
 
 
@@ -13,6 +13,6 @@ def register(commands) -> None:
 
 
 def run(args) -> int:
-    summary = run_demo(args.out, DemoSteps())
+    summary = run_demo(args.out, DemoSteps(), log=progress_line)
     print_summary(summary, f"{args.out}/run")
     return 0

@@ -58,3 +58,16 @@ def add_latency_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"seconds of timed latency calls per distinct candidate (default {defaults.LATENCY_BUDGET_S:g})")
     parser.add_argument("--tau", metavar="CSV", help="read each block's tau from a `practise-jax profile --out` CSV (or a "
                                                      "scores.csv) instead of measuring it, e.g. one measured on the target device")
+
+
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """Devices of this process, and the processes of a multi-host run (``jax.distributed``)."""
+    parser.add_argument("--devices", type=int, metavar="N", help="local devices to spread the candidates over (default: all)")
+    group = parser.add_argument_group("several processes (hosts): start the same command on each; "
+                                      "the environment variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and "
+                                      "JAX_PROCESS_ID serve as well")
+    group.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0, which hosts the coordinator")
+    group.add_argument("--num-processes", type=int, metavar="P", help="how many processes take part")
+    group.add_argument("--process-id", type=int, metavar="I", help="this process's id, 0..P-1")
+    group.add_argument("--connect-timeout", type=int, default=120, metavar="S",
+                       help="seconds to wait for the other processes (default 120)")

@@ -7,11 +7,14 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 
 import model_zoo
 from practise_jax import api, defaults, latency, protocol, selection
-from practise_jax.cli.options import add_input_arguments, add_latency_arguments, add_weights_arguments, normalization_from_args
+from practise_jax import devices
+from practise_jax.cli.options import (add_device_arguments, add_input_arguments, add_latency_arguments, add_weights_arguments,
+                                      normalization_from_args)
 from practise_jax.pipeline import load_inputs
 
 
@@ -32,6 +35,7 @@ def register(commands) -> None:
                         help=f"adaptor-training batch (default {defaults.BATCH_SIZE}, as the reference)")
     parser.add_argument("--blocks", help="score only these candidates (comma-separated); default: every droppable block")
     parser.add_argument("--vmap", action="store_true", help="train a stage's candidates as one batched computation")
+    add_device_arguments(parser)
     add_latency_arguments(parser)
     select = parser.add_mutually_exclusive_group()
     select.add_argument("--drop", type=int, metavar="K", help="also choose the K best blocks")
@@ -44,7 +48,25 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def measured_tau(teacher, shape, blocks, args) -> latency.Profile | dict:
+    """tau of every candidate: read from --tau, or measured (by process 0 alone, shared with the others)."""
+    if args.tau:
+        return latency.read_tau(args.tau)
+    profile = None
+    if jax.process_index() == 0:
+        profile = latency.profile(teacher, shape, [(b,) for b in blocks], time_budget_s=args.latency_budget,
+                                  cache=latency.Cache(), log=lambda m: log(f"[latency] {m}"))
+        log(f"[latency] {len(blocks)} candidates, {profile.distinct} distinct programs timed")
+    if jax.process_count() == 1:
+        return profile
+    from jax.experimental import multihost_utils
+
+    values = np.asarray([profile.tau((b,)) if profile else 0.0 for b in blocks], np.float64)
+    return dict(zip(blocks, map(float, multihost_utils.broadcast_one_to_all(values))))
+
+
 def run(args: argparse.Namespace) -> int:
+    joined = devices.initialize_processes(args.coordinator, args.num_processes, args.process_id, timeout_s=args.connect_timeout)
     info = model_zoo.get_info(args.model)
     if args.speedup is not None:
         selection.check_target(args.speedup)
@@ -56,23 +78,26 @@ def run(args: argparse.Namespace) -> int:
     if args.drop is not None:
         selection.check_count(args.drop, len(blocks))
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    np.save(out / "tiny_set.npy", inputs.indices)
+    first = jax.process_index() == 0  # process 0 writes; every process computes its share
+    if first:
+        out.mkdir(parents=True, exist_ok=True)
+        np.save(out / "tiny_set.npy", inputs.indices)
     shape = (args.latency_batch_size, info.input_size, info.input_size, 3)
-    if args.tau:
-        tau = latency.read_tau(args.tau)
-    else:
-        tau = latency.profile(teacher, shape, [(b,) for b in blocks], time_budget_s=args.latency_budget,
-                              cache=latency.Cache(), log=lambda m: log(f"[latency] {m}"))
-        log(f"[latency] {len(blocks)} candidates, {tau.distinct} distinct programs timed")
+    tau = measured_tau(teacher, shape, blocks, args)
     started = time.perf_counter()
     steps = defaults.adaptor_steps() if args.recover_steps is None else args.recover_steps
     scores = api.score(teacher, inputs.tiny.images, tau=tau, blocks=blocks, steps=steps, batch_size=args.batch_size,
-                       seed=args.seed, views=inputs.views, vmap=args.vmap, store=out / "recoverability.jsonl", progress=True)
+                       seed=args.seed, views=inputs.views, vmap=args.vmap, devices=args.devices,
+                       store=out / "recoverability.jsonl", progress=first)
     recover_seconds = time.perf_counter() - started
+    if not first:
+        return 0
+    if joined:
+        log(f"scored over {jax.process_count()} processes, {len(jax.devices())} devices")
     scores.to_csv(out / "scores.csv")
     print(scores)
-    device = tau.setting.device if isinstance(tau, latency.Profile) else f"read from {args.tau}"
+    device = (tau.setting.device if isinstance(tau, latency.Profile)
+              else f"read from {args.tau}" if args.tau else "measured by process 0")
     print(f"\n{len(blocks)} candidates, {steps} adaptor steps each: recoverability took {recover_seconds:.0f} s "
           f"(candidates read back from recoverability.jsonl cost nothing). Latency: batch {args.latency_batch_size}, {device}.")
     print(f"input normalisation: {teacher.input_spec.describe()}")

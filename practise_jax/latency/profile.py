@@ -54,7 +54,7 @@ from practise_jax.latency.timing import CLOCKS, Clock, choose_rounds, run_interl
 Log = Callable[[str], None]
 FAST_QUANTILE = 0.2  # tau compares this quantile of candidate and teacher call times
 DEFAULT_WARMUP = 2  # untimed calls per program; the first after compiling is slow, the last sizes the rounds
-CACHE_FORMAT = 3  # 3: keyed by program content
+CACHE_FORMAT = 4  # 3: keyed by program content; 4: inputs like a trained net's (finite everywhere)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -54,6 +54,7 @@ class CompressConfig:
     latency_budget: float = defaults.LATENCY_BUDGET_S
     latency_threads: int = defaults.LATENCY_CPU_THREADS
     tau_from: str | None = None
+    devices: int | None = None  # local devices to spread scoring and finetuning over (None: all)
     vmap: bool = False
     scores_from: str | None = None
 

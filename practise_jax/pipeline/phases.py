@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from practise_jax import checkpoint, filter_pruning, latency, protocol, recoverability, selection, surgery
+from practise_jax import checkpoint, devices, filter_pruning, latency, protocol, recoverability, selection, surgery
 from practise_jax.errors import UserError
 from practise_jax.evaluation import evaluate
 from practise_jax.finetuning import finetune
@@ -82,7 +82,8 @@ def recoverability_phase(ctx: Context) -> dict:
     else:
         store = ResultsStore(ctx.dir / "recoverability.jsonl", settings)
     records = recoverability.score_candidates(inputs.teacher, protocol.candidates(inputs.teacher), inputs.tiny.images,
-                                              inputs.views, recover, store, progress=ctx.progress, vmap=config.vmap)
+                                              inputs.views, recover, store, progress=ctx.progress, vmap=config.vmap,
+                                              spread=devices.spread(config.devices))
     return {"records": records, "from": str(store.path)}
 
 
@@ -148,7 +149,8 @@ def finetune_phase(ctx: Context) -> dict:
             return _accuracy(model, inputs.eval_set, inputs.eval_views)
     ft = config.finetune_config()
     trained, history = finetune(student, inputs.teacher, inputs.tiny.images, inputs.tiny.labels, ft, inputs.views.train,
-                                evaluate=monitor, state_path=ctx.dir / "finetune_state.npz", progress=ctx.progress)
+                                evaluate=monitor, state_path=ctx.dir / "finetune_state.npz", progress=ctx.progress,
+                                spread=devices.spread_locally(config.devices))
     checkpoint.save_compressed(ctx.dir / "student", trained, extra={
         "dropped": ctx.results["selection"]["blocks"], "method": config.method, "finetune": config.finetune})
     return {"history": history, "lr": ft.learning_rate}

@@ -52,7 +52,7 @@ sys.path.insert(0, str(REPO / "tests"))  # the PyTorch reference models live bes
 import model_zoo  # noqa: E402
 from practise_jax import jit_cache, xla_cpu  # noqa: E402
 from practise_jax import recoverability as rec  # noqa: E402
-from practise_jax.cli import run_reporting_errors
+from practise_jax.cli import run_reporting_errors  # noqa: E402
 from practise_jax.latency import write_csv  # noqa: E402
 from practise_jax.protocol import parse_block_list  # noqa: E402
 from practise_jax.transforms import views_for  # noqa: E402
@@ -118,7 +118,7 @@ def jax_steps(teacher, candidates, config, views, images):
     adaptors = [jax.tree.map(jnp.array, c.adaptors) for c in candidates]
     state = {"adaptors": adaptors, "opt": [optimizer.init(a) for a in adaptors]}
     frozen = [c.frozen for c in candidates]
-    key, index = jax.random.key(0), jnp.arange(len(images))
+    key, index = jax.random.key_data(jax.random.key(0)), jnp.arange(len(images))
 
     def run():
         state["adaptors"], state["opt"], losses = step(state["adaptors"], state["opt"], frozen, teacher_state, images, index, key)

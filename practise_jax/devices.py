@@ -54,21 +54,54 @@ def global_devices(local: list[jax.Device]) -> list[jax.Device]:
     return chosen
 
 
-def spread(devices: int | list | None = None) -> list[jax.Device] | None:
+def spread(devices: int | list | None = None, batch: int | None = None) -> list[jax.Device] | None:
     """The devices to spread scoring over, or None for one device in one process (the lockstep path).
 
     ``devices``: a count of local devices, a list of them, or None for all
-    local devices; with several processes, as many from each process.
+    local devices (as many as a ``batch`` of that size splits over evenly);
+    with several processes, as many from each process.
     """
-    local = list(devices) if isinstance(devices, (list, tuple)) else local_devices(devices)
-    chosen = global_devices(local)
+    chosen = global_devices(_splitting(_chosen(devices), batch, asked=devices is not None))
     return chosen if len(chosen) > 1 else None
 
 
-def spread_locally(devices: int | list | None = None) -> list[jax.Device] | None:
+def spread_locally(devices: int | list | None = None, batch: int | None = None) -> list[jax.Device] | None:
     """The local devices to split a batch over, or None for one (data parallelism stays within a process)."""
-    chosen = list(devices) if isinstance(devices, (list, tuple)) else local_devices(devices)
+    chosen = _splitting(_chosen(devices), batch, asked=devices is not None, processes=1)
     return chosen if len(chosen) > 1 else None
+
+
+def _chosen(devices: int | list | None) -> list[jax.Device]:
+    return list(devices) if isinstance(devices, (list, tuple)) else local_devices(devices)
+
+
+def _splitting(local: list[jax.Device], batch: int | None, asked: bool, processes: int | None = None) -> list[jax.Device]:
+    """``local``, or by default (no devices asked for) its first few that a ``batch`` splits over evenly.
+
+    Devices a user asked for are kept: a batch they do not divide is refused
+    later with a message (`Placement.batch_split`).
+    """
+    if batch is None or asked:
+        return local
+    processes = processes or jax.process_count()
+    return local[:max(c for c in range(1, len(local) + 1) if batch % (c * processes) == 0 or c == 1)]
+
+
+SHARDS = ("auto", "candidates", "batch")
+
+
+def preferred_shard(devices: list[jax.Device], shard: str = "auto") -> str:
+    """How to spread scoring: ``shard`` as asked, or for "auto" the batch on CPUs, the candidates elsewhere.
+
+    On 2 CPU cores (experiments/README.md, "Scaling") the lockstep step with its
+    batch split over 2 devices ran 2.56 s per step of all 24 cifar_resnet56
+    candidates, the batched computation with the candidates split 2.5x slower.
+    """
+    if shard not in SHARDS:
+        raise UserError(f"unknown way to spread the candidates '{shard}'; choose one of: {', '.join(SHARDS)}.")
+    if shard != "auto":
+        return shard
+    return "batch" if devices[0].platform == "cpu" else "candidates"
 
 
 def candidate_mesh(devices: list[jax.Device], candidates: int) -> Mesh:
@@ -79,8 +112,36 @@ def candidate_mesh(devices: list[jax.Device], candidates: int) -> Mesh:
 
 
 def batch_mesh(devices: list[jax.Device]) -> Mesh:
-    """A one-axis mesh for data parallelism."""
-    return Mesh(np.asarray(devices), (BATCH,))
+    """A mesh (1 x N) that splits the batch over every device, as `candidate_mesh` with one candidate shard."""
+    return Mesh(np.asarray(devices).reshape(1, len(devices)), (CANDIDATES, BATCH))
+
+
+class Placement:
+    """Where a computation's arrays live: JAX's default device, or a mesh (replicated, split by candidate or batch)."""
+
+    def __init__(self, mesh: Mesh | None = None):
+        self.mesh = mesh
+
+    def everywhere(self, tree):
+        """The same arrays on every device (of every process)."""
+        return tree if self.mesh is None else place(tree, sharded(self.mesh))
+
+    def by_candidate(self, tree):
+        """Arrays with a leading candidate axis, split over the mesh's candidate axis."""
+        return tree if self.mesh is None else place(tree, sharded(self.mesh, CANDIDATES))
+
+    def batch_split(self, size: int):
+        """The sharding that splits a batch of ``size`` over the batch axis; None where nothing is split.
+
+        A batch that does not divide evenly is refused: each device must get the same share.
+        """
+        across = 1 if self.mesh is None else self.mesh.shape[BATCH]
+        if across == 1:
+            return None
+        if size % across:
+            raise UserError(f"a batch of {size} images does not split over {across} devices; choose a batch size (or a "
+                            f"tiny set) divisible by {across}, or fewer devices.")
+        return sharded(self.mesh, BATCH)
 
 
 def sharded(mesh: Mesh, *axes) -> NamedSharding:
@@ -115,11 +176,16 @@ def initialize_processes(coordinator: str | None = None, num_processes: int | No
     """Join the other processes with ``jax.distributed.initialize``; False (nothing done) when not asked to.
 
     Each setting comes from its argument or else its environment variable
-    (``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``).
-    A coordinator that does not answer within ``timeout_s`` ends in a clear
+    (``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``);
+    ``coordinator="auto"`` lets JAX detect the cluster (TPU slices, SLURM,
+    Open MPI) and needs nothing else. A coordinator that does not answer within ``timeout_s`` ends in a clear
     error, not a hang.
     """
     coordinator = coordinator or os.environ.get(ENV["coordinator"])
+    if coordinator == "auto":  # JAX finds the cluster itself: TPU slices, SLURM, Open MPI, ...
+        return _join(lambda: jax.distributed.initialize(initialization_timeout=timeout_s), "this process", "the cluster's "
+                     "coordinator", "Run it where JAX detects the cluster (a TPU slice, a SLURM or MPI job), or give "
+                     "--coordinator HOST:PORT, --num-processes and --process-id.")
     num_processes = num_processes if num_processes is not None else _env_int("num_processes")
     process_id = process_id if process_id is not None else _env_int("process_id")
     given = [v is not None for v in (coordinator, num_processes, process_id)]
@@ -133,13 +199,19 @@ def initialize_processes(coordinator: str | None = None, num_processes: int | No
         raise UserError(f"the process id must be 0..{num_processes - 1} for {num_processes} processes, got {process_id}.")
     if process_id > 0:  # JAX aborts the process when it cannot reach the coordinator: find out first, and say so
         _wait_for(coordinator, timeout_s, f"process {process_id} of {num_processes}")
+    return _join(lambda: jax.distributed.initialize(coordinator, num_processes, process_id,
+                                                    initialization_timeout=timeout_s),
+                 f"process {process_id} of {num_processes}", f"the coordinator at {coordinator} within {timeout_s} s",
+                 "Start process 0 on that address (it hosts the coordinator), check the address and port, and start "
+                 "every process within the timeout.")
+
+
+def _join(initialize, who: str, what: str, fix: str) -> bool:
     try:
-        jax.distributed.initialize(coordinator, num_processes, process_id, initialization_timeout=timeout_s)
+        initialize()
     except Exception as error:  # XLA raises its own status errors for timeouts and refused connections
-        raise UserError(f"process {process_id} of {num_processes} could not join the coordinator at {coordinator} within "
-                        f"{timeout_s} s ({type(error).__name__}: {str(error).splitlines()[0][:200]}). Start process 0 on "
-                        "that address (it hosts the coordinator), check the address and port, and start every process "
-                        "within the timeout.") from None
+        raise UserError(f"{who} could not join {what} ({type(error).__name__}: {str(error).splitlines()[0][:200]}). "
+                        f"{fix}") from None
     return True
 
 

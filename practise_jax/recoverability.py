@@ -151,12 +151,14 @@ def _forward_order(teacher: nnx.Module, wanted) -> list[str]:
     return [b.address for b in protocol.blocks(teacher) if b.address in wanted]
 
 
-def make_lockstep_step(teacher: nnx.Module, candidates: Sequence[Candidate], config: RecoverConfig, views: Views):
+def make_lockstep_step(teacher: nnx.Module, candidates: Sequence[Candidate], config: RecoverConfig, views: Views,
+                       batch_sharding=None):
     """One jit-compiled training step of every candidate, from one teacher pass.
 
     Returns the optimizer (for ``init``) and
-    ``step(adaptors, opt_states, frozen, teacher_state, images, index, key) -> (adaptors, opt_states, losses)``,
-    lists in candidate order; the batch ``images[index]`` is gathered inside the step.
+    ``step(adaptors, opt_states, frozen, teacher_state, images, index, key_data) -> (adaptors, opt_states, losses)``,
+    lists in candidate order; the batch ``images[index]`` is gathered inside the step (``key_data``: the raw
+    data of its augmentation key, so it can be placed like any array).
     """
     teacher_graphdef = nnx.graphdef(teacher)
     starts = _forward_order(teacher, {c.start for c in candidates})
@@ -167,10 +169,13 @@ def make_lockstep_step(teacher: nnx.Module, candidates: Sequence[Candidate], con
         updates, opt_state = optimizer.update(grads, opt_state, adaptors)
         return optax.apply_updates(adaptors, updates), opt_state, loss
 
+    def split_batch(x):
+        return x if batch_sharding is None else jax.lax.with_sharding_constraint(x, batch_sharding)
+
     @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def step(adaptors, opt_states, frozen, teacher_state, images, index, key):
+    def step(adaptors, opt_states, frozen, teacher_state, images, index, key_data):
         model = nnx.merge(teacher_graphdef, teacher_state)
-        inputs = model.block_inputs(views.train(key, images[index]), starts)
+        inputs = model.block_inputs(split_batch(views.train(jax.random.wrap_key_data(key_data), images[index])), starts)
         target = model(inputs[starts[-1]], start=starts[-1])[1]["pre_gap"]
         results = [update(c, a, o, f, inputs[c.start], target)
                    for c, a, o, f in zip(candidates, adaptors, opt_states, frozen)]
@@ -188,24 +193,39 @@ def teacher_targets(teacher: nnx.Module, images: np.ndarray, views: Views, batch
 
 
 def make_metric(teacher: nnx.Module, candidates: Sequence[Candidate], images: np.ndarray, views: Views, targets,
-                batch_size: int):
+                batch_size: int, placement: devices.Placement = devices.Placement()):
     """``adaptors per candidate -> MSE per candidate`` over the whole metric set (element-wise, as the reference's
-    batch-weighted mean of batch MSEs), every candidate's distance from one teacher prefix pass per batch."""
+    batch-weighted mean of batch MSEs), every candidate's distance from one teacher prefix pass per batch.
+
+    With a mesh, each metric batch is split over its batch axis where it divides evenly."""
     graphdef, state = nnx.split(teacher)
     starts = _forward_order(teacher, {c.start for c in candidates})
-    frozen = [c.frozen for c in candidates]
+    frozen, state = placement.everywhere(([c.frozen for c in candidates], state))
 
-    @jax.jit
-    def distances(adaptors, frozen, state, images, target):
-        inputs = nnx.merge(graphdef, state).block_inputs(views.eval(images), starts)
-        return jnp.stack([jnp.sum(jnp.square(_student_features(c, a, f, inputs[c.start]) - target))
-                          for c, a, f in zip(candidates, adaptors, frozen)])
+    def distances_for(split):
+        @jax.jit
+        def distances(adaptors, frozen, state, images, target):
+            x = views.eval(images)
+            x = x if split is None else jax.lax.with_sharding_constraint(x, split)
+            inputs = nnx.merge(graphdef, state).block_inputs(x, starts)
+            return jnp.stack([jnp.sum(jnp.square(_student_features(c, a, f, inputs[c.start]) - target))
+                              for c, a, f in zip(candidates, adaptors, frozen)])
 
+        return distances
+
+    batches = []
+    for i, target in zip(range(0, len(images), batch_size), targets):
+        chunk = images[i:i + batch_size]
+        try:
+            split = placement.batch_split(len(chunk))
+        except UserError:  # a last, uneven metric batch is computed whole on every device
+            split = None
+        batches.append((distances_for(split), placement.everywhere((chunk, np.asarray(target)))))
     count = sum(t.size for t in targets)
 
     def metric(adaptors: Sequence[nnx.State]) -> list[float]:
-        totals = sum(np.asarray(distances(list(adaptors), frozen, state, images[i:i + batch_size], target), np.float64)
-                     for i, target in zip(range(0, len(images), batch_size), targets))
+        totals = sum(devices.fetch(distances(list(adaptors), frozen, state, *arrays)).astype(np.float64)
+                     for distances, arrays in batches)
         return [float(total) / count for total in totals]
 
     return metric
@@ -216,35 +236,40 @@ def _progress_label(names: Sequence[str]) -> str:
 
 
 def train_lockstep(teacher: nnx.Module, drop_sets: Sequence[Sequence[str]], images: np.ndarray, views: Views,
-                   config: RecoverConfig, targets=None, progress: bool = False) -> list[tuple[Candidate, nnx.State, dict]]:
+                   config: RecoverConfig, targets=None, progress: bool = False,
+                   mesh=None) -> list[tuple[Candidate, nnx.State, dict]]:
     """Train the adaptors of one student per drop set, all in step: each augmented batch goes through the teacher once.
 
     Every student sees the batches and keys it would see alone (they depend on
     ``config.seed`` only), so this equals training them one at a time. Returns
     (candidate, trained adaptors, figures) per drop set. The losses stay on the
-    device until the last step (no host sync per step).
+    device until the last step (no host sync per step). With a ``mesh``
+    (`practise_jax.devices.batch_mesh`, of one or several processes) every
+    batch is split over its devices, data-parallel.
     """
     teacher.eval()
     _, teacher_state = nnx.split(teacher)
     if targets is None:
         targets = teacher_targets(teacher, images, views, config.batch_size)
+    placement = devices.Placement(mesh)
     candidates = [build_candidate(teacher, blocks) for blocks in drop_sets]
-    metric = make_metric(teacher, candidates, images, views, targets, config.batch_size)
-    raw = metric([c.adaptors for c in candidates])
+    metric = make_metric(teacher, candidates, images, views, targets, config.batch_size, placement)
+    raw = metric([placement.everywhere(c.adaptors) for c in candidates])
 
-    optimizer, step = make_lockstep_step(teacher, candidates, config, views)
+    split = placement.batch_split(min(config.batch_size, len(images)))
+    optimizer, step = make_lockstep_step(teacher, candidates, config, views, split)
     adaptors = [jax.tree.map(jnp.array, c.adaptors) for c in candidates]  # own copies: the step donates its buffers
-    opt_states = [optimizer.init(a) for a in adaptors]
-    frozen = [c.frozen for c in candidates]
+    adaptors, opt_states, frozen, teacher_state, device_images = placement.everywhere(
+        (adaptors, [optimizer.init(a) for a in adaptors], [c.frozen for c in candidates], teacher_state, images))
     losses = None
-    device_images = jnp.asarray(images)
     batches = batch_indices(len(images), config.batch_size, np.random.RandomState(config.seed))
-    keys = jax.random.split(jax.random.key(config.seed), config.steps)
+    keys = np.asarray(jax.random.key_data(jax.random.split(jax.random.key(config.seed), config.steps)))
     names = [c.name for c in candidates]
     started = time.perf_counter()
     for i in tqdm(range(config.steps), desc=_progress_label(names), unit="step", disable=not progress, leave=False):
-        adaptors, opt_states, losses = step(adaptors, opt_states, frozen, teacher_state, device_images, next(batches), keys[i])
-    losses = np.asarray(losses, np.float64)
+        adaptors, opt_states, losses = step(adaptors, opt_states, frozen, teacher_state, device_images,
+                                            *placement.everywhere((next(batches), keys[i])))
+    losses = devices.fetch(losses).astype(np.float64)
     train_seconds = time.perf_counter() - started
     for name, loss in zip(names, losses):
         if not np.isfinite(loss):
@@ -261,7 +286,7 @@ def recovered_student(teacher: nnx.Module, blocks: Sequence[str], images: np.nda
                       config: RecoverConfig, progress: bool = False) -> tuple[nnx.Module, dict]:
     """The student lacking ``blocks`` with its trained adaptors folded into its convs (a finetune start)."""
     [(candidate, adaptors, figures)] = train_lockstep(teacher, [blocks], images, views, config, progress=progress)
-    student = nnx.merge(candidate.graphdef, adaptors, candidate.frozen)
+    student = nnx.merge(candidate.graphdef, jax.tree.map(np.asarray, adaptors), candidate.frozen)
     return adaptor_lib.fold(student), figures
 
 
@@ -347,7 +372,9 @@ def make_group_step(teacher_graphdef, group: Group, config: RecoverConfig, views
 
     @jax.jit
     def distance(adaptors, masks, active, frozen, teacher_state, images, target):
-        h = nnx.merge(teacher_graphdef, teacher_state).block_input(split_batch(views.eval(images)), start)
+        x = views.eval(images)  # metric batches are split only where they divide evenly
+        x = split_batch(x) if batch_sharding is not None and x.shape[0] % batch_sharding.mesh.shape[devices.BATCH] == 0 else x
+        h = nnx.merge(teacher_graphdef, teacher_state).block_input(x, start)
 
         def one(adaptors, mask, active):
             model = nnx.merge(group.graphdef, _effective(adaptors, active), frozen)
@@ -372,23 +399,16 @@ def recover_group(teacher: nnx.Module, blocks: Sequence[str], images: np.ndarray
     if targets is None:
         targets = teacher_targets(teacher, images, views, config.batch_size)
     count = len(blocks)
+    placement = devices.Placement(mesh)
     across = 1 if mesh is None else mesh.shape[devices.CANDIDATES]
     padded = list(blocks) + [blocks[-1]] * (-count % across)
     group = build_group(teacher, padded)
-    splits = mesh is not None and mesh.shape[devices.BATCH] > 1
     optimizer, step, distance = make_group_step(teacher_graphdef, group, config, views,
-                                                devices.sharded(mesh, devices.BATCH) if splits else None)
+                                                placement.batch_split(min(config.batch_size, len(images))))
     stacked = jax.tree.map(lambda m: np.broadcast_to(np.asarray(m), (len(padded),) + m.shape), group.adaptors)
-    per_candidate, shared = (stacked, group.masks, group.active), (group.frozen, teacher_state, images)
-
-    def everywhere(tree):  # the same on every device (of every process, with a mesh)
-        return tree if mesh is None else devices.place(tree, devices.sharded(mesh))
-
-    if mesh is not None:
-        per_candidate = devices.place(per_candidate, devices.sharded(mesh, devices.CANDIDATES))
-    stacked, masks, active = per_candidate
-    frozen, teacher_state, device_images = everywhere(shared)
-    metric_batches = [everywhere((images[i:i + config.batch_size], np.asarray(t)))
+    stacked, masks, active = placement.by_candidate((stacked, group.masks, group.active))
+    frozen, teacher_state, device_images = placement.everywhere((group.frozen, teacher_state, images))
+    metric_batches = [placement.everywhere((images[i:i + config.batch_size], np.asarray(t)))
                       for i, t in zip(range(0, len(images), config.batch_size), targets)]
 
     def metric(adaptors):
@@ -405,7 +425,7 @@ def recover_group(teacher: nnx.Module, blocks: Sequence[str], images: np.ndarray
     losses = None
     for i in tqdm(range(config.steps), desc=_progress_label(blocks), unit="step", disable=not progress, leave=False):
         adaptors, opt_state, losses = step(adaptors, opt_state, masks, active, frozen, teacher_state, device_images,
-                                           *everywhere((next(batches), keys[i])))
+                                           *placement.everywhere((next(batches), keys[i])))
     losses = devices.fetch(losses).astype(np.float64)
     train_seconds = time.perf_counter() - started
     recovered = metric(adaptors)
@@ -425,22 +445,26 @@ def recover_group(teacher: nnx.Module, blocks: Sequence[str], images: np.ndarray
 
 
 def recover_lockstep(teacher: nnx.Module, blocks: Sequence[str], images: np.ndarray, views: Views, config: RecoverConfig,
-                     targets=None, progress: bool = False) -> list[dict]:
+                     targets=None, progress: bool = False, mesh=None) -> list[dict]:
     """R of each candidate block, the candidates trained in lockstep (`train_lockstep`); one record per block."""
-    trained = train_lockstep(teacher, [[b] for b in blocks], images, views, config, targets, progress)
+    trained = train_lockstep(teacher, [[b] for b in blocks], images, views, config, targets, progress, mesh)
     return [{"block": block, **figures} for block, (_, _, figures) in zip(blocks, trained)]
 
 
 def score_candidates(teacher: nnx.Module, blocks: Sequence[str], images: np.ndarray, views: Views,
                      config: RecoverConfig, store: ResultsStore | None = None, progress: bool = False,
-                     vmap: bool = False, spread: Sequence | None = None) -> list[dict]:
+                     vmap: bool = False, spread: Sequence | None = None, shard: str = "auto") -> list[dict]:
     """R for every candidate; finished candidates are read back from ``store`` and new ones written as they finish.
 
     The candidates of a group (those whose adaptors start at the same block:
     a stage) are trained together: by default in lockstep; with ``vmap=True``
-    as one batched computation over dynamic block masks; with ``spread`` (a
-    list of devices, of every process), that computation spread over a mesh
-    of them (`practise_jax.devices.candidate_mesh`). With several
+    as one batched computation over dynamic block masks. With ``spread`` (a
+    list of devices, of every process) the work goes over a mesh of them:
+    ``shard="candidates"`` splits the batched computation's candidates (and
+    the batch, where a group has fewer candidates than devices); ``"batch"``
+    keeps the lockstep step and splits each batch; ``"auto"`` takes
+    `devices.preferred_shard` (the batch on a CPU, where it measured faster;
+    the candidates elsewhere). With several
     processes only process 0 keeps a store; it says which candidates are done
     and its records go to every process.
     """
@@ -450,8 +474,10 @@ def score_candidates(teacher: nnx.Module, blocks: Sequence[str], images: np.ndar
     targets = teacher_targets(teacher, images, views, config.batch_size) if pending else None
     units = groups(teacher, pending)
     for unit in tqdm(units, desc="candidates", unit="group", disable=not (progress and units)):
-        if spread:
+        if spread and devices.preferred_shard(spread, shard) == "candidates":
             recover_unit = functools.partial(recover_group, mesh=devices.candidate_mesh(list(spread), len(unit)))
+        elif spread:
+            recover_unit = functools.partial(recover_lockstep, mesh=devices.batch_mesh(list(spread)))
         else:
             recover_unit = recover_group if vmap else recover_lockstep
         for record in recover_unit(teacher, unit, images, views, config, targets=targets, progress=progress):

@@ -30,14 +30,19 @@ SCORE = """
     assert len(jax.devices()) == 4
     images = np.random.default_rng(0).integers(0, 256, (24, 32, 32, 3), dtype=np.uint8)
     out = {}
-    for name in ("cifar_resnet56", "cifar_resnet20"):  # groups of 8 (candidates over 4 devices), of 2 (2 x 2 with the batch)
+    # a group of 8 (candidates over 4 devices); groups of 2 (a 2 x 2 mesh: candidates and batch); the batch alone
+    for name, stage, shards in (("cifar_resnet56", "layer2", ("candidates",)), ("cifar_resnet20", "layer", ("candidates", "batch"))):
         teacher = tiny_model(name, dropped=())
         tau = {b: 0.01 * (1 + i % 3) for i, b in enumerate(teacher.droppable)}
-        common = dict(tau=tau, steps=4, batch_size=8, seed=3)
-        one = pj.score(teacher, images, devices=1, vmap=True, **common)
-        four = pj.score(teacher, images, devices=4, **common)
-        out[name] = {"one": {s.block: s.recoverability for s in one}, "four": {s.block: s.recoverability for s in four},
-                     "select_one": pj.select(one, k=3), "select_four": pj.select(four, k=3)}
+        blocks = [b for b in teacher.droppable if b.startswith(stage)]
+        common = dict(tau=tau, blocks=blocks, steps=3, batch_size=8, seed=3)
+        for shard in shards:  # against the same computation on one device
+            alone = dict(vmap=True) if shard == "candidates" else {}
+            one = pj.score(teacher, images, devices=1, **alone, **common)
+            four = pj.score(teacher, images, devices=4, shard=shard, **common)
+            out[f"{name}, {shard}"] = {"one": {s.block: s.recoverability for s in one},
+                                       "four": {s.block: s.recoverability for s in four},
+                                       "select_one": pj.select(one, k=3), "select_four": pj.select(four, k=3)}
     print(json.dumps(out))
 """
 
@@ -109,7 +114,7 @@ def read_scores(path: Path) -> dict[str, float]:
 
 
 def test_two_processes_score_into_one_store_and_table_equal_to_one_process(tiny_run, tmp_path):
-    [single] = processes([score_argv(tiny_run, tmp_path / "single", "--vmap")])
+    [single] = processes([score_argv(tiny_run, tmp_path / "single")])  # on a CPU the processes split the batch
     assert single.returncode == 0, single.stderr[-2000:]
     coordinator = f"localhost:{free_port()}"
     common = ["--coordinator", coordinator, "--num-processes", "2"]
@@ -143,6 +148,12 @@ def test_a_coordinator_that_does_not_answer_times_out_clearly(tiny_run, tmp_path
     [run] = processes([score_argv(tiny_run, tmp_path / "alone", "--coordinator", f"localhost:{free_port()}",
                                   "--num-processes", "2", "--process-id", "1", "--connect-timeout", "5")], timeout=120)
     assert run.returncode == 2 and "could not reach the coordinator" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_auto_detection_outside_a_cluster_says_what_to_give(tiny_run, tmp_path):
+    [run] = processes([score_argv(tiny_run, tmp_path / "auto", "--coordinator", "auto")], timeout=120)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert "could not join the cluster's coordinator" in run.stderr and "--coordinator HOST:PORT" in run.stderr
 
 
 def test_finetuning_is_data_parallel_over_devices_and_equals_one_device():

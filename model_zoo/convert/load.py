@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from model_zoo import registry
-from model_zoo.convert.state_dict import read_checkpoint
+from model_zoo.convert.state_dict import normalise_state_dict, read_checkpoint
 from practise_jax import protocol, surgery
 from practise_jax.errors import UserError
 from practise_jax.latency.programs import _materialise
@@ -190,7 +190,7 @@ def load_weights(model: nnx.Module, weights: str | os.PathLike | Mapping[str, np
     order. ``key``: which state dict of a file that holds several (``"state_dict_ema"``).
     """
     if isinstance(weights, Mapping):
-        state_dict, source = {k: np.asarray(v) for k, v in weights.items()}, "the state dict"
+        state_dict, source = normalise_state_dict({k: np.asarray(v) for k, v in weights.items()})[0], "the state dict"
     else:
         state_dict, source = read_checkpoint(weights, key=key).tensors, f"'{weights}'"
     graphdef, state = nnx.split(model)
@@ -202,6 +202,17 @@ def load_weights(model: nnx.Module, weights: str | os.PathLike | Mapping[str, np
 
 def load(name: str, weights: str | os.PathLike, *, dropped: Iterable[str] = (), rename: Rename = (), key: str | None = None,
          **overrides) -> nnx.Module:
-    """A registered model with weights read from a file, in eval mode; with ``dropped``, a student that starts from the teacher."""
+    """A registered model with weights read from a file, in eval mode; with ``dropped``, a student that starts from the teacher.
+
+    A Keras file (``.keras``, ``.weights.h5``, ``.h5``) goes to `model_zoo.convert.keras_import.load_keras`,
+    which takes the classes, width and input size from the file.
+    """
+    from model_zoo.convert import keras_import
+
+    if keras_import.is_keras_file(weights):
+        if rename or key or overrides:
+            raise UserError(f"'{weights}' is a Keras file: its layers load by their Keras names, so rename rules, "
+                            "--weights-key and overrides do not apply.")
+        return keras_import.load_keras(weights, model=name, dropped=dropped)
     abstract = nnx.eval_shape(lambda: registry.create(name, dropped=dropped, **overrides))
     return load_weights(abstract, weights, rename=rename, key=key)

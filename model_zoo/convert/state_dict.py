@@ -66,7 +66,7 @@ def read_checkpoint(path: str | os.PathLike, *, key: str | None = None) -> Check
             f"cannot read weights from '{path}': unknown extension '{suffix}'. "
             f"Use a PyTorch file ({', '.join(TORCH_SUFFIXES)}), .safetensors or .npz."
         )
-    tensors, cleaned = _normalise(raw)
+    tensors, cleaned = normalise_state_dict(raw)
     if not tensors:
         raise UserError(f"'{path}' holds no tensors; it is not a model state dict.")
     return Checkpoint(tensors=tensors, key=found, notes=notes + cleaned, source=str(path))
@@ -145,7 +145,7 @@ def _describe(obj) -> str:
     return f"a dict with keys {', '.join(items) or 'none'}{more}"
 
 
-def _normalise(raw: Mapping) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
+def normalise_state_dict(raw: Mapping) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
     """Drop ``num_batches_tracked``, strip prefixes every key shares; notes on both."""
     tensors = {name: np.asarray(value) for name, value in raw.items() if name.rpartition(".")[2] != "num_batches_tracked"}
     dropped = len(raw) - len(tensors)

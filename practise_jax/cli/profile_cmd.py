@@ -45,6 +45,9 @@ def register(commands) -> None:
     parser.add_argument("--cpu-threads", type=int, default=defaults.LATENCY_CPU_THREADS,
                         help="on a CPU: time in a child process pinned to this many cores, XLA threads to match "
                              f"(default {defaults.LATENCY_CPU_THREADS}: steadiest); 0: in this process with all threads")
+    parser.add_argument("--all-candidates", action="store_true",
+                        help="time every candidate on its own, even where identical blocks compile to one program "
+                             "(slower; shows the noise between identical blocks)")
     parser.add_argument("--platform", help="cpu, gpu or tpu (default: JAX's default backend)")
     parser.add_argument("--cache-dir", help=f"where results are kept (default {latency.default_cache_dir()}; $PRACTISE_CACHE moves it)")
     parser.add_argument("--no-cache", action="store_true", help="remeasure everything (the new figures replace the cached ones)")
@@ -87,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     result = latency.profile(
         model, (args.batch_size, size, size, 3), candidates, dtype=args.dtype, repeats=args.repeats,
         time_budget_s=args.time_budget, warmup=args.warmup, device=device, cache=latency.Cache(args.cache_dir),
-        reuse=not args.no_cache, log=log, clock=args.clock, cpu_threads=args.cpu_threads,
+        reuse=not args.no_cache, log=log, clock=args.clock, cpu_threads=args.cpu_threads, distinct=not args.all_candidates,
     )
     print(latency.format_table(result))
     if args.out:

@@ -339,7 +339,7 @@ def batch_shape_of(x) -> tuple[int, int, int, int]:
 def profile(model: nnx.Module, x, candidates: Iterable[Iterable[str] | str] | None = None, *, dtype: str = "float32",
             repeats: int | None = None, time_budget_s: float = defaults.LATENCY_BUDGET_S, warmup: int = DEFAULT_WARMUP,
             device: jax.Device | None = None, cache: Cache | None = None, reuse: bool = True, clock: str | Clock = "wall",
-            cpu_threads: int = defaults.LATENCY_CPU_THREADS, log: Log | None = None,
+            cpu_threads: int = defaults.LATENCY_CPU_THREADS, log: Log | None = None, distinct: bool = True,
             compile_fn: Callable[[Program, jax.Device], Compiled] = compile_program) -> Profile:
     """Latency, tau and cost of ``model`` and of each candidate drop set, on batches shaped like ``x``.
 
@@ -352,7 +352,9 @@ def profile(model: nnx.Module, x, candidates: Iterable[Iterable[str] | str] | No
     read or written); ``reuse=False`` remeasures. ``clock``: "wall", "cpu" or
     a callable returning seconds. ``cpu_threads``: on a CPU, measure in a
     child process pinned to that many cores (0: in this process); an injected
-    clock or ``compile_fn`` always measures in this process.
+    clock or ``compile_fn`` always measures in this process. ``distinct=False``
+    times every candidate on its own even where identical blocks compile to
+    one program (slower; it shows the timing noise between identical blocks).
 
     >>> import practise_jax as pj, model_zoo
     >>> net = model_zoo.create("cifar_resnet20", widths=(4, 8, 16))
@@ -381,9 +383,11 @@ def profile(model: nnx.Module, x, candidates: Iterable[Iterable[str] | str] | No
     log(f"{label}: exporting the teacher and {len(drops)} candidates")
     reference = program(model, shape, dtype)
     students = [(drop, program(surgery.drop(model, drop), shape, dtype)) for drop in drops]
-    distinct = len({p.key for _, p in students})
-    if distinct < len(students):
-        log(f"{label}: {len(students)} candidates compile to {distinct} distinct programs; each is timed once")
+    if not distinct:  # each candidate its own measurement (and cache entry), identical programs or not
+        students = [(drop, dataclasses.replace(p, key=f"{p.key}#{'+'.join(drop)}")) for drop, p in students]
+    count = len({p.key for _, p in students})
+    if count < len(students):
+        log(f"{label}: {len(students)} candidates compile to {count} distinct programs; each is timed once")
     teacher, measured = compare(setting, reference, students, cache=cache, reuse=reuse, device=device, clock=clock,
                                 time_budget_s=time_budget_s, log=log, compile_fn=compile_fn)
     return Profile(setting, teacher, tuple(measured))

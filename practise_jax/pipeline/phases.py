@@ -83,7 +83,7 @@ def recoverability_phase(ctx: Context) -> dict:
         store = ResultsStore(ctx.dir / "recoverability.jsonl", settings)
     records = recoverability.score_candidates(inputs.teacher, protocol.candidates(inputs.teacher), inputs.tiny.images,
                                               inputs.views, recover, store, progress=ctx.progress, vmap=config.vmap,
-                                              spread=devices.spread(config.devices))
+                                              spread=devices.spread(config.devices, batch=min(recover.batch_size, len(inputs.tiny.images))))
     return {"records": records, "from": str(store.path)}
 
 
@@ -150,7 +150,7 @@ def finetune_phase(ctx: Context) -> dict:
     ft = config.finetune_config()
     trained, history = finetune(student, inputs.teacher, inputs.tiny.images, inputs.tiny.labels, ft, inputs.views.train,
                                 evaluate=monitor, state_path=ctx.dir / "finetune_state.npz", progress=ctx.progress,
-                                spread=devices.spread_locally(config.devices))
+                                spread=devices.spread_locally(config.devices, batch=min(ft.batch_size, len(inputs.tiny.images))))
     checkpoint.save_compressed(ctx.dir / "student", trained, extra={
         "dropped": ctx.results["selection"]["blocks"], "method": config.method, "finetune": config.finetune})
     return {"history": history, "lr": ft.learning_rate}

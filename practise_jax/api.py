@@ -6,6 +6,7 @@
     student = pj.drop(teacher, blocks)                # or drop(..., images=images): recovered adaptors folded in
     student = pj.finetune(student, images, teacher=teacher)   # mimic; loss="ce" (labels) or "kd"
     pj.evaluate(student, test_images, test_labels).top1
+    tiny = pj.synthesize(teacher, 500)                # no real image at all: a tiny set from BN statistics
 
 Any Flax NNX module that follows the model protocol (`practise_jax.protocol`)
 works. ``images`` are uint8 NHWC arrays of the tiny set (normalised with the
@@ -101,8 +102,8 @@ def profile(model: nnx.Module, x, candidates: Iterable[Iterable[str] | str] | No
 def score(teacher: nnx.Module, images, *, tau: latency.Profile | Mapping[str, float] | None = None,
           blocks: Sequence[str] | None = None, steps: int | None = None, batch_size: int = defaults.BATCH_SIZE,
           seed: int = 0, views: Views | None = None, mean=None, std=None, vmap: bool = False,
-          devices: int | Sequence | None = None, store: str | os.PathLike | None = None, progress: bool = False,
-          latency_options: Mapping | None = None) -> Scores:
+          devices: int | Sequence | None = None, shard: str = "auto", store: str | os.PathLike | None = None,
+          progress: bool = False, latency_options: Mapping | None = None) -> Scores:
     """Recoverability R, latency reduction tau and score R / tau% of every candidate block, ranked best first.
 
     R: drop the block, put identity 1x1 adaptors on the convs that write and
@@ -114,8 +115,9 @@ def score(teacher: nnx.Module, images, *, tau: latency.Profile | Mapping[str, fl
     (default: every droppable block). ``devices``: how many local devices (or
     which) to spread each group's candidates over, the batch too where a group
     has fewer candidates than devices (default: all of them; one device trains
-    a group in lockstep); with several processes (`practise_jax.devices`) the
-    mesh spans all of theirs. ``store``: a JSON-lines file that keeps each
+    a group in lockstep); ``shard`` says how ("candidates", "batch", or "auto":
+    `practise_jax.devices.preferred_shard`); with several processes
+    (`practise_jax.devices`) the mesh spans all of theirs. ``store``: a JSON-lines file that keeps each
     finished candidate, so a rerun resumes; it refuses results made from
     another teacher, other images or other settings (process 0 keeps it).
 
@@ -136,11 +138,11 @@ def score(teacher: nnx.Module, images, *, tau: latency.Profile | Mapping[str, fl
     config = RecoverConfig(steps=defaults.adaptor_steps() if steps is None else steps, batch_size=batch_size, seed=seed)
     settings = recoverability.scoring_settings(teacher, images, view, config)
     device_list.check_same_settings(settings)
-    spread = device_list.spread(devices)
+    spread = device_list.spread(devices, batch=min(batch_size, len(images)))
     results = None if store is None or jax.process_index() > 0 else ResultsStore(store, settings)
     teacher.eval()
     records = recoverability.score_candidates(teacher, chosen, images, view, config, results, progress=progress, vmap=vmap,
-                                              spread=spread)
+                                              spread=spread, shard=shard)
     if tau is None:
         tau = profile(teacher, (defaults.LATENCY_BATCH_SIZE, view.input_size, view.input_size, 3), [(b,) for b in chosen],
                       **dict(latency_options or {}))
@@ -221,7 +223,7 @@ def finetune(student: nnx.Module, images, *, teacher: nnx.Module | None = None, 
     labels = None if labels is None else _labels(labels, len(images))
     return finetune_loop(student, teacher, images, labels, config, view.train, evaluate=evaluate,
                          state_path=None if state_path is None else Path(state_path), progress=progress,
-                         spread=device_list.spread_locally(devices))
+                         spread=device_list.spread_locally(devices, batch=min(batch_size, len(images))))
 
 
 def evaluate(model: nnx.Module, images, labels, *, views: Views | None = None, mean=None, std=None,
@@ -239,6 +241,50 @@ def evaluate(model: nnx.Module, images, labels, *, views: Views | None = None, m
     return evaluate_set(model, ImageSet(images, _labels(labels, len(images)), "arrays"), view, batch_size=batch_size)
 
 
+def synthesize(teacher: nnx.Module, n: int, *, steps: int | None = None, batch_size: int | None = None,
+               lr: float | None = None, bn: float | None = None, adi: float | None = None,
+               student: nnx.Module | None = None, seed: int = 0, mean=None, std=None, size: int | None = None,
+               store: str | os.PathLike | None = None, progress: bool = False, **settings) -> ImageSet:
+    """``n`` images synthesised from ``teacher`` alone (DeepInversion), a data-free tiny set; targets as labels.
+
+    The images are optimised so that every BatchNorm's input has the layer's
+    running mean and variance and the teacher predicts their target class
+    (classes taken in turn, so evenly spread); `practise_jax.synthesis` says
+    which published recipe each default follows (CIFAR-sized inputs: 2000
+    steps, batches of 256, lr 0.1, BN weight 10). ``adi`` with a ``student``
+    adds Adaptive DeepInversion's disagreement term; ``settings`` are the other
+    fields of `practise_jax.synthesis.SynthesisConfig` (``tv_l2``, ``jitter``,
+    ...). The normalisation and size are the teacher's ``input_spec`` unless
+    given. ``store``: a folder that keeps each finished batch, so a killed run
+    resumes. Returns uint8 NHWC images and int64 labels (an ``ImageSet``).
+
+    >>> import practise_jax as pj, model_zoo
+    >>> net = model_zoo.create("cifar_resnet20", widths=(4, 8, 16))
+    >>> tiny = pj.synthesize(net, 6, steps=2, batch_size=4)
+    >>> tiny.images.shape, tiny.images.dtype, list(tiny.labels)
+    ((6, 32, 32, 3), dtype('uint8'), [0, 1, 2, 3, 4, 5])
+    """
+    from practise_jax import synthesis
+
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise UserError(f"synthesize needs a positive number of images, got {n!r}.")
+    own = getattr(teacher, "input_spec", None)
+    if (mean is None) != (std is None):
+        raise UserError("give both mean and std (three fractions of 1 each, R, G, B), or neither.")
+    size = size or (own.size if own is not None else None)
+    if own is None and (mean is None or size is None):
+        raise UserError(f"{type(teacher).__name__} carries no input spec (.input_spec): pass mean=(r, g, b) and "
+                        "std=(r, g, b) (fractions of 1) and size= (input pixels).")
+    spec = InputSpec(size, tuple(mean), tuple(std)) if mean is not None else own
+    config = synthesis.SynthesisConfig.for_input(size, steps=steps, batch_size=batch_size, lr=lr, bn=bn, adi=adi,
+                                                 **settings)
+    if config.adi and student is None:
+        raise UserError("the adaptive (ADI) term needs a student to disagree with: pass student=, or adi=0.")
+    images, labels = synthesis.synthesize(teacher, int(n), config, size=size, mean=spec.mean, std=spec.std, seed=seed,
+                                          student=student, store=store, progress=progress)
+    return ImageSet(images, labels, f"synthesized from {type(teacher).__name__} ({n} images, {config.steps} steps)")
+
+
 def _labels(labels, count: int) -> np.ndarray:
     labels = validate_labels(np.asarray(labels), "labels")
     if len(labels) != count:
@@ -246,4 +292,4 @@ def _labels(labels, count: int) -> np.ndarray:
     return labels.astype(np.int64)
 
 
-__all__ = ["drop", "evaluate", "finetune", "profile", "score", "select", "views"]
+__all__ = ["drop", "evaluate", "finetune", "profile", "score", "select", "synthesize", "views"]

@@ -104,3 +104,24 @@ def write_report(run_dir: Path, summary: dict) -> Path:
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def image_grid(images, labels, path: Path, *, per_class: int = 10, max_classes: int = 10, names=None) -> Path:
+    """A PNG of up to ``per_class`` images of each of the first ``max_classes`` classes, a row per class."""
+    import numpy as np
+
+    labels = np.asarray(labels)
+    classes = sorted(set(int(c) for c in labels))[:max_classes]
+    per_class = min(per_class, max(int((labels == c).sum()) for c in classes))
+    fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 0.9, len(classes) * 0.9), squeeze=False)
+    for row, c in zip(axes, classes):
+        chosen = np.flatnonzero(labels == c)[:per_class]
+        for column, ax in enumerate(row):
+            ax.axis("off")
+            if column < len(chosen):
+                ax.imshow(images[chosen[column]], interpolation="nearest")
+        row[0].set_title(str(names[c]) if names else f"class {c}", fontsize=7, loc="left")
+    fig.tight_layout(pad=0.2)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 
 from flax import nnx
 
-from model_zoo import cifar_resnet, mobilenetv2, resnet
+from model_zoo import cifar_resnet, keras_mobilenet_v2, keras_resnet, keras_resnet_v2, mobilenetv2, resnet
 from model_zoo.base import ZooModel
 from practise_jax.errors import UserError
 from practise_jax import surgery
@@ -87,6 +87,11 @@ def create(name: str, *, dropped: Iterable[str] = (), rngs: nnx.Rngs | None = No
     return surgery.drop(model, dropped) if dropped else model
 
 
+def num_classes(model: ZooModel) -> int:
+    """How many classes a zoo model predicts: its ``num_classes`` override, else its registry entry's."""
+    return int(dict(getattr(model, "overrides", ())).get("num_classes", get_info(model.model_name).num_classes))
+
+
 def _akamaster(depth: int, sha256: str, top1: float) -> tuple[KnownWeights, ...]:
     return (KnownWeights(f"resnet{depth}-{sha256[:8]}.th", sha256, top1, "akamaster/pytorch_resnet_cifar10"),)
 
@@ -128,4 +133,19 @@ for _name, _weights in _TORCHVISION_WEIGHTS.items():
         name=_name, family="mobilenet_v2" if _name == "mobilenet_v2" else "resnet", builder=_builder,
         input_size=224, num_classes=1000, mean=IMAGENET_MEAN, std=IMAGENET_STD,
         blocks=_blocks, droppable=_droppable, weights=_weights,
+    ))
+
+# keras.applications, with the preprocessing Keras documents per family: `caffe` (BGR, mean subtracted, not scaled;
+# the BGR order lives in the stem conv, see model_zoo/keras_resnet.py) for ResNet v1, `tf` ([-1, 1]) for the others.
+_KERAS = {f"keras_resnet{d}": (keras_resnet, (keras_resnet.CAFFE_MEAN, keras_resnet.CAFFE_STD)) for d in (50, 101, 152)}
+_KERAS |= {f"keras_resnet{d}v2": (keras_resnet_v2, ((0.5,) * 3, (0.5,) * 3)) for d in (50, 101, 152)}
+_KERAS["keras_mobilenet_v2"] = (keras_mobilenet_v2, ((0.5,) * 3, (0.5,) * 3))
+
+for _name, (_module, (_mean, _std)) in _KERAS.items():
+    _builder = getattr(_module, _name)
+    _blocks, _droppable = (_module.block_addresses() if _module is keras_mobilenet_v2
+                           else _module.block_addresses(_builder.args[0]))
+    register(ModelInfo(
+        name=_name, family=_module.__name__.rpartition(".")[2], builder=_builder, input_size=224, num_classes=1000,
+        mean=_mean, std=_std, blocks=_blocks, droppable=_droppable,
     ))

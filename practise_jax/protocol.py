@@ -207,6 +207,10 @@ class ResidualNetwork(nnx.Module):
     def neck(self, x: jax.Array) -> jax.Array:
         return x
 
+    def group_of(self, address: str) -> str:
+        """The group a block belongs to (its features key): the address up to its last dot (``layer3``)."""
+        return address.rpartition(".")[0]
+
     def classify(self, pooled: jax.Array) -> jax.Array:
         raise NotImplementedError
 
@@ -223,7 +227,7 @@ class ResidualNetwork(nnx.Module):
             keep = self._keep(mask, address)
             x = y if keep is None else jnp.where(keep > 0, y, x)
             if self.group_features:
-                features[address.rpartition(".")[0]] = x
+                features[self.group_of(address)] = x
         x = self.neck(x)
         features["pre_gap"] = x
         pooled = global_avg_pool(x)

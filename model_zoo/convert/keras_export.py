@@ -20,9 +20,11 @@ dropped ones are not. Weights are copied from the NNX state. What is kept exact:
   ``.keras`` file reloads with ``keras.saving.load_model`` and no custom code.
 
 The Keras model takes normalised float32 images, NHWC (channels-last), and
-returns logits, like ``model(x)[0]``. Layer names are the model's own
-(``layer2.0.conv1``, ``features.3.conv.1.0``); kept blocks keep the teacher's
-addresses.
+returns logits, like ``model(x)[0]`` (the Keras families: what their
+``classifier_activation`` makes of them, softmax by default, as
+``keras.applications`` does). Layer names are the model's own
+(``layer2.0.conv1``, ``features.3.conv.1.0``; ``conv3_block2_1_conv`` in the
+Keras families); kept blocks keep the teacher's addresses.
 
 Keras reads ``KERAS_BACKEND`` once, at its first import; this module sets it
 to ``jax`` (``os.environ.setdefault``) before importing keras, so set it
@@ -73,21 +75,25 @@ class KerasBuilder:
         self.keras = keras
         self.layers = keras.layers
 
-    def conv(self, x, conv: nnx.Conv, name: str):
+    def conv(self, x, conv: nnx.Conv, name: str, *, reverse_input: bool = False):
+        """A conv as ``Conv2D`` / ``DepthwiseConv2D``; ``reverse_input``: the Keras layer takes BGR where ``conv`` takes RGB."""
         if any(d not in (None, 1, (1, 1)) for d in (conv.kernel_dilation, conv.input_dilation)):
             raise ValueError(f"{name}: dilated convs are not supported by the Keras export")
-        padding = conv.padding
+        padding, keras_padding = conv.padding, "valid"
         if isinstance(padding, str):
-            if padding.upper() != "VALID":
-                raise ValueError(f"{name}: padding {padding!r} is not supported; zoo convs use explicit padding")
-            padding = ((0, 0), (0, 0))
+            if padding.upper() not in ("VALID", "SAME"):
+                raise ValueError(f"{name}: padding {padding!r} has no Keras equivalent")
+            keras_padding, padding = padding.lower(), ((0, 0), (0, 0))  # Flax's SAME is TensorFlow's, as Keras'
         padding = tuple(tuple(int(p) for p in side) for side in padding)
         if any(p for side in padding for p in side):
             x = self.layers.ZeroPadding2D(padding, name=f"{name}.pad")(x)
         kernel = _array(conv.kernel)  # HWIO; grouped convs: (h, w, in / groups, out)
+        if reverse_input:
+            kernel = kernel[:, :, ::-1]
         h, w, _, out = kernel.shape
         groups = conv.feature_group_count
-        common = dict(strides=_pair(conv.strides or 1), padding="valid", use_bias=conv.use_bias, name=name, bias_initializer=ZEROS)
+        common = dict(strides=_pair(conv.strides or 1), padding=keras_padding, use_bias=conv.use_bias, name=name,
+                      bias_initializer=ZEROS)
         if groups > 1 and groups == conv.in_features:
             multiplier = out // groups
             layer = self.layers.DepthwiseConv2D((h, w), depth_multiplier=multiplier, depthwise_initializer=ZEROS, **common)
@@ -107,8 +113,9 @@ class KerasBuilder:
         layer.set_weights(weights + [_array(bn.mean), _array(bn.var)])
         return y
 
-    def dense(self, x, linear: nnx.Linear, name: str):
-        layer = self.layers.Dense(linear.out_features, use_bias=linear.use_bias, kernel_initializer=ZEROS, name=name)
+    def dense(self, x, linear: nnx.Linear, name: str, activation: str | None = None):
+        layer = self.layers.Dense(linear.out_features, use_bias=linear.use_bias, activation=activation,
+                                  kernel_initializer=ZEROS, name=name)
         y = layer(x)
         layer.set_weights([_array(linear.kernel)] + ([_array(linear.bias)] if linear.use_bias else []))
         return y
@@ -170,6 +177,6 @@ def to_keras(model: nnx.Module, *, input_size: int | None = None, name: str | No
     builder = KerasBuilder(keras)
     inputs = keras.Input(shape=(input_size, input_size, 3), dtype="float32", name="images")
     x, classify = model.keras(builder, inputs)
-    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    pooled = keras.layers.GlobalAveragePooling2D(name=getattr(model, "keras_pool", "pool"))(x)
     logits = classify(pooled)
     return keras.Model(inputs, logits, name=name or getattr(model, "model_name", type(model).__name__))

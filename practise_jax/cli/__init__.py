@@ -11,10 +11,11 @@ import sys
 
 from practise_jax.errors import UserError
 from practise_jax import jit_cache, xla_cpu
-from practise_jax.cli import compress_cmd, demo_cmd, eval_cmd, export_cmd, inspect_cmd, profile_cmd, score_cmd
+from practise_jax.cli import (compress_cmd, demo_cmd, eval_cmd, export_cmd, inspect_cmd, profile_cmd, score_cmd,
+                              synthesize_cmd)
 from practise_jax.cli.options import int_list  # noqa: F401  (the experiment scripts use it)
 
-SUBCOMMANDS = (compress_cmd, score_cmd, profile_cmd, eval_cmd, export_cmd, inspect_cmd, demo_cmd)
+SUBCOMMANDS = (compress_cmd, score_cmd, profile_cmd, eval_cmd, export_cmd, inspect_cmd, synthesize_cmd, demo_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

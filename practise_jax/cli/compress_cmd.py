@@ -6,16 +6,15 @@ import argparse
 import json
 import sys
 
-import model_zoo
 from practise_jax import defaults
-from practise_jax.cli.options import add_input_arguments, add_latency_arguments, add_weights_arguments, normalization_from_args
+from practise_jax.cli.options import (add_input_arguments, add_latency_arguments, add_model_arguments, add_weights_arguments,
+                                      normalization_from_args, resolve_model)
 from practise_jax.pipeline import INITS, METHODS, CompressConfig, compress
 from practise_jax.protocol import parse_block_list
 
 
 def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help=f"one of: {', '.join(model_zoo.list_models())}")
-    parser.add_argument("--weights", help="teacher weights (.pth/.th/.safetensors/.npz) or a practise-jax checkpoint folder")
+    add_model_arguments(parser)
     add_weights_arguments(parser)
     add_input_arguments(parser)
     parser.add_argument("--data", required=True, help="tiny-set source: npz:PATH, folder:PATH, tfds:NAME[:SPLIT], synthetic[:N], ood:SPEC")
@@ -60,6 +59,7 @@ def register(commands) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> CompressConfig:
+    resolve_model(args)
     mean, std = normalization_from_args(args) or (None, None)
     return CompressConfig(
         model=args.model, weights=args.weights, rename=tuple(args.rename), weights_key=args.weights_key, mean=mean, std=std, data=args.data, eval_data=args.eval_data, eval_limit=args.eval_limit,

@@ -10,7 +10,7 @@ from practise_jax import checkpoint as checkpoint_lib
 from practise_jax import protocol
 from practise_jax import data as data_lib
 from practise_jax.errors import UserError
-from practise_jax.cli.options import add_input_arguments, add_weights_arguments, normalization_from_args
+from practise_jax.cli.options import add_input_arguments, add_weights_arguments, normalization_from_args, resolve_model
 from practise_jax.evaluation import evaluate
 from practise_jax.pipeline import load_teacher
 from practise_jax.protocol import parse_block_list
@@ -22,7 +22,9 @@ def register(commands) -> None:
     parser = commands.add_parser("eval", help="top-1 and per-class mean accuracy on an image file")
     parser.add_argument("--model", help=f"one of: {', '.join(model_zoo.list_models())} (not needed with --checkpoint)")
     parser.add_argument("--checkpoint", metavar="DIR", help="a compressed model saved by practise-jax (compress --out DIR/student, save_compressed)")
-    parser.add_argument("--weights", help="PyTorch/torchvision state dict (.pth/.th), .safetensors or .npz")
+    parser.add_argument("--weights", help="PyTorch/torchvision state dict (.pth/.th), .safetensors, .npz, or a Keras file")
+    parser.add_argument("--keras-model", metavar="FILE", help="a keras.applications ResNet or MobileNetV2 saved by Keras "
+                                                              "(.keras, .weights.h5 or .h5): sets --model and --weights")
     add_weights_arguments(parser)
     add_input_arguments(parser)
     parser.add_argument("--drop", default="", help="comma-separated blocks to drop, e.g. layer1.1,layer2.3")
@@ -45,8 +47,10 @@ def _load_model(args: argparse.Namespace):
         if args.model and args.model != spec.model:
             raise UserError(f"the checkpoint '{args.checkpoint}' holds a {spec.model}, not a {args.model}; leave out --model.")
         return load_teacher(spec.model, args.checkpoint, normalization=given), spec.model
-    if not args.model:
-        raise UserError("say which model to evaluate: --model NAME (with --weights FILE), or --checkpoint DIR.")
+    if not (args.model or args.keras_model):
+        raise UserError("say which model to evaluate: --model NAME (with --weights FILE), --keras-model FILE, or "
+                        "--checkpoint DIR.")
+    resolve_model(args)
     model = load_teacher(args.model, args.weights, rename=tuple(args.rename), key=args.weights_key, normalization=given)
     dropped = parse_block_list(args.drop)
     return (drop(model, dropped) if dropped else model), args.model
@@ -63,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     dataset = data_lib.load_source(args.data)
     if args.limit is not None:
         dataset = dataset.take(slice(0, args.limit))
-    num_classes = checkpoint_lib.read_spec(args.checkpoint).num_classes if args.checkpoint else model_zoo.get_info(name).num_classes
+    num_classes = model_zoo.num_classes(model)
     data_lib.check_fits(dataset, spec.size, num_classes, name)
     result = evaluate(model, dataset, views_for(spec, dataset.images.shape[1]), batch_size=args.batch_size, progress=True)
     summary = {

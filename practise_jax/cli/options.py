@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from practise_jax import defaults
+from practise_jax.errors import UserError
 from practise_jax.transforms import NORMALIZATIONS, normalization
 
 
@@ -25,6 +26,35 @@ def rgb(text: str) -> tuple[float, float, float]:
     if len(values) != 3:
         raise argparse.ArgumentTypeError(f"'{text}' is not three comma-separated numbers R,G,B (e.g. 0.4914,0.4822,0.4465)")
     return values
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The teacher: --model with --weights, or a Keras model (--keras-model) whose family is recognised."""
+    import model_zoo
+
+    parser.add_argument("--model", help=f"one of: {', '.join(model_zoo.list_models())}")
+    parser.add_argument("--weights", help="teacher weights (.pth/.th/.safetensors/.npz, a Keras .keras/.weights.h5/.h5) "
+                                          "or a practise-jax checkpoint folder")
+    parser.add_argument("--keras-model", metavar="FILE", help="a keras.applications ResNet or MobileNetV2 saved by Keras "
+                                                              "(.keras, .weights.h5 or .h5): sets --model and --weights")
+
+
+def resolve_model(args: argparse.Namespace, *, weights_required: bool = False) -> None:
+    """Fill ``args.model`` and ``args.weights`` from ``--keras-model``; one clear error for what is missing."""
+    if args.keras_model:
+        if args.weights:
+            raise UserError("give the teacher either as --keras-model FILE or as --model NAME --weights FILE, not both.")
+        from model_zoo.convert.keras_import import identify, read_keras
+
+        name, _ = identify(read_keras(args.keras_model))
+        if args.model and args.model != name:
+            raise UserError(f"{args.keras_model} holds a {name}, not a {args.model}; leave out --model.")
+        args.model, args.weights = name, args.keras_model
+    if not args.model:
+        raise UserError("say which model: --model NAME (with --weights FILE), or --keras-model FILE.")
+    if weights_required and not args.weights:
+        raise UserError(f"give the teacher's weights: --weights FILE (or --keras-model FILE); {args.model} with random "
+                        "weights has nothing to score.")
 
 
 def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +96,8 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("several processes (hosts): start the same command on each; "
                                       "the environment variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and "
                                       "JAX_PROCESS_ID serve as well")
-    group.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0, which hosts the coordinator")
+    group.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0, which hosts the coordinator; "
+                       "'auto': JAX detects the cluster (TPU slice, SLURM, Open MPI) and needs nothing else")
     group.add_argument("--num-processes", type=int, metavar="P", help="how many processes take part")
     group.add_argument("--process-id", type=int, metavar="I", help="this process's id, 0..P-1")
     group.add_argument("--connect-timeout", type=int, default=120, metavar="S",

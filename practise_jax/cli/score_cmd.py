@@ -10,19 +10,16 @@ from pathlib import Path
 import jax
 import numpy as np
 
-import model_zoo
 from practise_jax import api, defaults, latency, protocol, selection
 from practise_jax import devices
-from practise_jax.cli.options import (add_device_arguments, add_input_arguments, add_latency_arguments, add_weights_arguments,
-                                      normalization_from_args)
+from practise_jax.cli.options import (add_device_arguments, add_input_arguments, add_latency_arguments, add_model_arguments,
+                                      add_weights_arguments, normalization_from_args, resolve_model)
 from practise_jax.pipeline import load_inputs
 
 
 def register(commands) -> None:
     parser = commands.add_parser("score", help="recoverability R, latency reduction tau and R/tau of every candidate block")
-    parser.add_argument("--model", required=True, help=f"one of: {', '.join(model_zoo.list_models())}")
-    parser.add_argument("--weights", required=True,
-                        help="teacher weights (.pth/.th/.safetensors/.npz) or a practise-jax checkpoint folder")
+    add_model_arguments(parser)
     add_weights_arguments(parser)
     add_input_arguments(parser)
     parser.add_argument("--data", required=True, help="tiny-set source: npz:PATH, folder:PATH, tfds:NAME[:SPLIT], synthetic[:N], ood:SPEC")
@@ -66,8 +63,8 @@ def measured_tau(teacher, shape, blocks, args) -> latency.Profile | dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    resolve_model(args, weights_required=True)
     joined = devices.initialize_processes(args.coordinator, args.num_processes, args.process_id, timeout_s=args.connect_timeout)
-    info = model_zoo.get_info(args.model)
     if args.speedup is not None:
         selection.check_target(args.speedup)
     inputs = load_inputs(args.model, args.weights, args.data, args.shots, args.seed, balanced=args.balanced,
@@ -82,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if first:
         out.mkdir(parents=True, exist_ok=True)
         np.save(out / "tiny_set.npy", inputs.indices)
-    shape = (args.latency_batch_size, info.input_size, info.input_size, 3)
+    shape = (args.latency_batch_size, teacher.input_spec.size, teacher.input_spec.size, 3)
     tau = measured_tau(teacher, shape, blocks, args)
     started = time.perf_counter()
     steps = defaults.adaptor_steps() if args.recover_steps is None else args.recover_steps

@@ -57,18 +57,17 @@ def load_inputs(model: str, weights: str | None, data: str, shots: int, seed: in
                 eval_data: str | None = None, eval_limit: int | None = None, rename=(), key: str | None = None,
                 normalization=None) -> Inputs:
     """Teacher, tiny set (seeded draw, decoded at the model's stored size) and optional evaluation set."""
-    info = model_zoo.get_info(model)
     teacher = load_teacher(model, weights, rename=rename, key=key, normalization=normalization)
-    spec = teacher.input_spec
-    tiny, indices = data_lib.load_tiny_set(data, shots, seed, num_classes=info.num_classes, image_size=spec.size,
+    spec, classes = teacher.input_spec, model_zoo.num_classes(teacher)
+    tiny, indices = data_lib.load_tiny_set(data, shots, seed, num_classes=classes, image_size=spec.size,
                                            balanced=balanced)
-    data_lib.check_fits(tiny, spec.size, info.num_classes, model, margin=True)
+    data_lib.check_fits(tiny, spec.size, classes, model, margin=True)
     views = views_for(spec, tiny.images.shape[1], out_of_domain=data.startswith("ood:"))
     inputs = Inputs(teacher, tiny, indices, views)
     if eval_data is not None:
         test = data_lib.load_source(eval_data, image_size=spec.size)
         if eval_limit is not None:
             test = test.take(slice(0, eval_limit))
-        data_lib.check_fits(test, spec.size, info.num_classes, model, margin=True)
+        data_lib.check_fits(test, spec.size, classes, model, margin=True)
         inputs.eval_set, inputs.eval_views = test, views_for(spec, test.images.shape[1])
     return inputs

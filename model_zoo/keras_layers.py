@@ -59,7 +59,6 @@ def correct_pad(size: int | None, kernel: int = 3) -> tuple[tuple[int, int], tup
     return ((kernel // 2 - adjust, kernel // 2),) * 2
 
 
-
 def layer_map(model: nnx.Module, own: Sequence[str]) -> dict[str, nnx.Module]:
     """Keras layer name -> module: the model's ``own`` attributes (named as in Keras) and each kept block's layers."""
     layers = {name: getattr(model, name) for name in own}

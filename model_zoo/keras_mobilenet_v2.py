@@ -90,6 +90,7 @@ class KerasMobileNetV2(ZooModel):
     head = "predictions"
     group_features = False
     keras_pool = "global_average_pooling2d"
+    keras_preprocessing = "keras.applications.mobilenet_v2.preprocess_input (tf: [-1, 1])"
 
     def __init__(self, *, num_classes: int = 1000, alpha: float = 1.0, classifier_activation: str | None = "softmax",
                  dtype=None, rngs: nnx.Rngs):

@@ -104,6 +104,7 @@ class KerasStages(ZooModel):
 
 class KerasResNet(KerasStages):
     keras_reversed_input = "conv1_conv"  # BGR in Keras, RGB here
+    keras_preprocessing = "keras.applications.resnet.preprocess_input (caffe: BGR, ImageNet mean subtracted)"
     stem_layers = ("conv1_conv", "conv1_bn")
 
     def __init__(self, stage_sizes: Sequence[int], *, name: str = "keras_resnet50", num_classes: int = 1000,

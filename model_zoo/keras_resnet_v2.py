@@ -89,6 +89,7 @@ class PreActBottleneck(nnx.Module):
 
 class KerasResNetV2(KerasStages):
     stem_layers = ("conv1_conv", "post_bn")
+    keras_preprocessing = "keras.applications.resnet_v2.preprocess_input (tf: [-1, 1])"
 
     def __init__(self, stage_sizes: Sequence[int], *, name: str = "keras_resnet50v2", num_classes: int = 1000,
                  widths: Sequence[int] = (64, 128, 256, 512), classifier_activation: str | None = "softmax",

@@ -15,6 +15,7 @@ xla_cpu.use_fast_flags()  # the kernels users get from the practise-jax command
 jax.config.update("jax_default_matmul_precision", "highest")
 
 REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("KERAS_BACKEND", "jax")  # Keras (tests and examples) on JAX unless told otherwise
 
 
 REQUIRED = os.environ.get("PRACTISE_REQUIRE_DATA") == "1"  # CI: what a test needs must be there

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -50,3 +51,15 @@ def test_custom_resnet_without_data_runs_on_random_weights(tmp_path):
     result = module["main"](["--data-dir", str(tmp_path / "none"), "--shots", "16", "--adaptor-steps", "1",
                              "--finetune-steps", "1", "--latency-repeats", "1", "--out", str(tmp_path)])
     assert not result["real"] and result["dropped"]
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+def test_keras_example_is_short_and_gives_a_keras_model(tmp_path, monkeypatch, capsys):
+    require("keras", "pip install 'practise-jax[keras]'")
+    assert len((EXAMPLES / "keras_mobilenet_v2.py").read_text().splitlines()) <= 20
+    assert (EXAMPLES / "keras_mobilenet_v2.py").read_text() in README.read_text()
+    monkeypatch.chdir(tmp_path)
+    run_example("keras_mobilenet_v2.py", "--quick", monkeypatch=monkeypatch)
+    assert "block_" in capsys.readouterr().out
+    assert (tmp_path / "mobilenet_v2_compressed.keras").is_file()
+

@@ -77,7 +77,7 @@ def test_cli_export(tmp_path, capsys):
     out = tmp_path / "export" / "model.keras"
     assert main(["export", "--checkpoint", str(tmp_path / "student"), "--format", "keras", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "without layer2.1" in printed and "max |logit difference|" in printed
+    assert "without layer2.1" in printed and "max |output difference|" in printed
     x = images("cifar_resnet20")
     np.testing.assert_allclose(keras.saving.load_model(out).predict(x, verbose=0), logits(model, x), atol=ATOL, rtol=0)
 

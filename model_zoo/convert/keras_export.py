@@ -34,6 +34,7 @@ yourself before any keras import to use another backend.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -180,3 +181,37 @@ def to_keras(model: nnx.Module, *, input_size: int | None = None, name: str | No
     pooled = keras.layers.GlobalAveragePooling2D(name=getattr(model, "keras_pool", "pool"))(x)
     logits = classify(pooled)
     return keras.Model(inputs, logits, name=name or getattr(model, "model_name", type(model).__name__))
+
+
+def exported_outputs(model: nnx.Module, logits):
+    """What the exported model returns for ``logits``: the logits, or what the Keras head's activation makes of them."""
+    activation = getattr(model, "classifier_activation", None)
+    return logits if activation in (None, "linear") else np.asarray(import_keras().activations.get(activation)(logits))
+
+
+def describe_io(model: nnx.Module, mean, std, input_size: int | None) -> str:
+    """The exported model's input and output, in words (the Keras families: the ``preprocess_input`` they take)."""
+    size = "any size" if input_size is None else f"{input_size}x{input_size}x3"
+    preprocessing = getattr(model, "keras_preprocessing", None)
+    given = (f"the output of {preprocessing}" if preprocessing
+             else f"normalised float32 NHWC, mean {list(mean)} std {list(std)}")
+    activation = getattr(model, "classifier_activation", None)
+    return f"input: {given}, {size}; output: {'logits' if activation in (None, 'linear') else activation}"
+
+
+def save_keras(model: nnx.Module, out, *, input_size: int | None, mean, std, check: bool = True) -> dict:
+    """Export ``model`` to the ``.keras`` file ``out``; what it takes and returns, and (``check``) its largest
+    output difference from ``model`` on a random batch."""
+    exported = to_keras(model, input_size=input_size)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    exported.save(out)
+    saved = {"path": str(out), "parameters": int(exported.count_params()), "io": describe_io(model, mean, std, input_size)}
+    if check:
+        size = input_size or 32
+        images = np.random.default_rng(0).normal(size=(2, size, size, 3)).astype(np.float32)
+        graphdef, state = nnx.split(model)
+        ours = exported_outputs(model, np.asarray(jax.jit(lambda state, x: nnx.merge(graphdef, state)(x)[0])(state, images)))
+        saved["max_difference"] = float(np.abs(ours - np.asarray(exported.predict(images, verbose=0))).max())
+    return saved
+

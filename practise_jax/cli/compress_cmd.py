@@ -84,6 +84,11 @@ def print_summary(summary: dict, out: str) -> None:
     print(f"  latency      teacher {summary['latency_ms_teacher']:.2f} ms  student {summary['latency_ms_student']:.2f} ms  "
           f"(-{100 * summary['latency_reduction']:.1f}%, batch {summary['latency_batch_size']}, {summary['device']})")
     print(f"  input        {summary['normalization']}")
+    if summary.get("keras_export"):
+        from practise_jax.cli.export_cmd import describe_export
+
+        exported = describe_export(summary["model"], summary["dropped_blocks"], summary["keras_export"])
+        print("  keras        " + exported.replace("\n", "\n               "))
     print(f"  report {out}/report.md   checkpoint {out}/student   summary {out}/summary.json")
 
 

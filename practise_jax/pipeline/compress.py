@@ -79,5 +79,6 @@ def summarise(ctx: Context, run: Run) -> dict:
         "eval_images": accuracy.get("images"), "device": speed["device"], "latency_batch_size": speed["batch_size"],
         "jax_version": jax.__version__, "recover_steps": config.adaptor_steps, "finetune_steps": config.finetune_steps,
         "finetune_lr": tuned["lr"], "history": [h for h in tuned["history"] if "top1" in h or "loss" in h],
+        "keras_export": results["keras_export"] if "path" in results["keras_export"] else None,
         "phase_seconds": run.seconds(PHASES),
     }

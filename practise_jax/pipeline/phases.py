@@ -1,6 +1,6 @@
 """The phases of a compression run, one function each; each returns what its phase file keeps (JSON).
 
-    latency -> recoverability -> selection -> student -> finetune -> evaluation -> final_latency
+    latency -> recoverability -> selection -> student -> finetune -> evaluation -> final_latency -> keras_export
 
 Every phase reads what it needs from a `Context` (the settings, the inputs,
 the run folder and the results of earlier phases) and calls the in-memory
@@ -24,7 +24,7 @@ from practise_jax.pipeline.config import CompressConfig
 from practise_jax.pipeline.inputs import Inputs
 from practise_jax.store import ResultsStore
 
-PHASES = ("latency", "recoverability", "selection", "student", "finetune", "evaluation", "final_latency")
+PHASES = ("latency", "recoverability", "selection", "student", "finetune", "evaluation", "final_latency", "keras_export")
 
 
 @dataclasses.dataclass
@@ -186,6 +186,18 @@ def final_latency_phase(ctx: Context) -> dict:
             "dtype": setting.dtype, "jax_version": setting.jax_version}
 
 
+def keras_export_phase(ctx: Context) -> dict:
+    """A teacher read from Keras gets its student back as Keras: ``student.keras``, the kept blocks' Keras names."""
+    from model_zoo.convert.keras_import import is_keras_file
+
+    if not is_keras_file(ctx.config.weights):
+        return {}
+    from model_zoo.convert.keras_export import save_keras  # imports keras (KERAS_BACKEND=jax unless set)
+
+    student, spec = checkpoint.load_compressed(ctx.dir / "student")
+    return save_keras(student, ctx.dir / "student.keras", input_size=spec.input_size, mean=spec.mean, std=spec.std)
+
+
 RUNNERS = {"latency": latency_phase, "recoverability": recoverability_phase, "selection": selection_phase,
            "student": student_phase, "finetune": finetune_phase, "evaluation": evaluation_phase,
-           "final_latency": final_latency_phase}
+           "final_latency": final_latency_phase, "keras_export": keras_export_phase}

@@ -41,7 +41,7 @@ def compress(config: CompressConfig, out: str | Path, *, overwrite: bool = False
     np.save(run.dir / "tiny_set.npy", inputs.indices)
     ctx = Context(config, inputs, run.dir, progress, log)
     for name in PHASES:
-        if name == "recoverability" and not config.needs_scores:
+        if (name == "recoverability" and not config.needs_scores) or (name == "keras_export" and not config.keras_teacher):
             continue
         ctx.results[name] = run.phase(name, lambda: RUNNERS[name](ctx))
         if name == "selection":
@@ -79,6 +79,6 @@ def summarise(ctx: Context, run: Run) -> dict:
         "eval_images": accuracy.get("images"), "device": speed["device"], "latency_batch_size": speed["batch_size"],
         "jax_version": jax.__version__, "recover_steps": config.adaptor_steps, "finetune_steps": config.finetune_steps,
         "finetune_lr": tuned["lr"], "history": [h for h in tuned["history"] if "top1" in h or "loss" in h],
-        "keras_export": results["keras_export"] if "path" in results["keras_export"] else None,
+        "keras_export": results.get("keras_export"),
         "phase_seconds": run.seconds(PHASES),
     }

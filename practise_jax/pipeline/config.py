@@ -97,3 +97,10 @@ class CompressConfig:
     @property
     def needs_scores(self) -> bool:
         return self.method == "practise" and not self.blocks
+
+    @property
+    def keras_teacher(self) -> bool:
+        """The teacher comes from a Keras file, so the student goes back to Keras too."""
+        from model_zoo.convert.keras_import import is_keras_file
+
+        return is_keras_file(self.weights)

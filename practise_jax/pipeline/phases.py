@@ -188,10 +188,6 @@ def final_latency_phase(ctx: Context) -> dict:
 
 def keras_export_phase(ctx: Context) -> dict:
     """A teacher read from Keras gets its student back as Keras: ``student.keras``, the kept blocks' Keras names."""
-    from model_zoo.convert.keras_import import is_keras_file
-
-    if not is_keras_file(ctx.config.weights):
-        return {}
     from model_zoo.convert.keras_export import save_keras  # imports keras (KERAS_BACKEND=jax unless set)
 
     student, spec = checkpoint.load_compressed(ctx.dir / "student")

@@ -168,6 +168,36 @@ def select(scores: Sequence[selection.Score], *, k: int | None = None, speedup: 
     return selection.top_k(scores, k) if k is not None else selection.for_speedup(scores, speedup)
 
 
+def fit_latency(teacher: nnx.Module, blocks: Sequence[str], *, speedup: float, x, ranking: Sequence[str] | None = None,
+                tau: Mapping[str, float] | None = None, tolerance: float = defaults.TARGET_TOLERANCE,
+                **latency_options) -> selection.Fitted:
+    """``blocks`` adjusted until ``teacher`` without them is measured ``speedup`` faster, within ``tolerance``.
+
+    Sums of single-block taus mispredict large sets by several points, so
+    comparisons at a latency target should hold the *measured* cut equal.
+    Blocks are added in ``ranking``'s order (best first: ``scores.blocks``
+    for PRACTISE; default forward order, first-k) or removed worst first
+    (`practise_jax.selection.fit_measured`); each set is measured on batches
+    shaped like ``x`` (options as for `profile`). ``tau``: single-block taus
+    (default: ``ranking``'s scores' taus when it is a `Scores`, else measured).
+    Returns the set, its measured cut and every set tried.
+
+    >>> import practise_jax as pj, model_zoo
+    >>> teacher = model_zoo.create("cifar_resnet20")
+    >>> fitted = pj.fit_latency(teacher, ["layer1.1"], speedup=0.3, x=(8, 32, 32, 3), time_budget_s=0.2)
+    >>> len(fitted.blocks) >= 1 and len(fitted.trail) >= 1
+    True
+    """
+    if isinstance(ranking, Scores):
+        tau = {s.block: s.tau for s in ranking} if tau is None else tau
+        ranking = ranking.blocks
+    ranking = list(protocol.candidates(teacher) if ranking is None else ranking)
+    if tau is None:
+        tau = profile(teacher, x, [(b,) for b in ranking], **latency_options).tau()
+    return selection.fit_measured(blocks, ranking, tau, lambda chosen: profile(teacher, x, [chosen], **latency_options).tau(chosen),
+                                  speedup, tolerance=tolerance)
+
+
 def drop(teacher: nnx.Module, blocks: Sequence[str], *, images=None, steps: int | None = None,
          batch_size: int = defaults.BATCH_SIZE, seed: int = 0, views: Views | None = None, mean=None, std=None,
          progress: bool = False) -> nnx.Module:

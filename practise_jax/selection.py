@@ -169,3 +169,53 @@ def for_speedup(scores: Sequence[Score], target: float, resolution: float = 1e-4
                 best[total] = (cost, best[covered][1] + (i,))
     chosen = {usable[i].block for i in best[need][1]}
     return [s.block for s in sorted(scores, key=lambda s: s.rank) if s.block in chosen]
+
+
+@dataclasses.dataclass(frozen=True)
+class Fitted:
+    """A drop set adjusted to a latency target as measured: its blocks, its measured cut (a fraction), and every
+    set measured on the way with its cut."""
+
+    blocks: list[str]
+    measured: float
+    trail: tuple[tuple[tuple[str, ...], float], ...]
+
+
+def fit_measured(chosen: Sequence[str], ranking: Sequence[str], single_tau: Mapping[str, float],
+                 measure, target: float, *, tolerance: float = 0.01, max_measurements: int = 12) -> Fitted:
+    """Add or remove blocks until the *measured* latency cut of the set is within ``tolerance`` of ``target``.
+
+    The sum of single-block taus only predicts a set's cut (sets of many
+    blocks measure several points more on a CPU), so a set chosen for a target
+    is measured (``measure(blocks) -> tau``) and adjusted: below the target,
+    the best-ranked block not yet in it is added; above it, the worst-ranked
+    chosen block whose removal is predicted to come closer to the target (its
+    single tau below twice the excess) is removed. ``ranking`` lists the criterion's order, best first (by score for
+    PRACTISE, forward order for first-k). A block is never added back after
+    its removal, nor removed after being added. Stops within tolerance, when
+    no move is left, or after ``max_measurements``; returns the measured set
+    closest to the target, preferring those within tolerance.
+    """
+    check_target(target)
+    order = [b for b in ranking if b in single_tau]
+    current, added, removed, trail = list(chosen), set(), set(), []
+    for _ in range(max_measurements):
+        cut = float(measure(tuple(current)))
+        trail.append((tuple(current), cut))
+        if abs(cut - target) <= tolerance:
+            break
+        if cut < target:
+            extra = next((b for b in order if b not in current and b not in removed), None)
+            if extra is None:
+                break
+            current.append(extra)
+            added.add(extra)
+        else:
+            excess = cut - target
+            removable = [b for b in reversed(order) if b in current and b not in added and single_tau[b] < 2 * excess]
+            if not removable or len(current) == 1:
+                break
+            current.remove(removable[0])
+            removed.add(removable[0])
+    blocks, cut = min(trail, key=lambda entry: (abs(entry[1] - target) > tolerance, abs(entry[1] - target)))
+    return Fitted(list(blocks), cut, tuple(trail))

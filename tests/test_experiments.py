@@ -14,6 +14,7 @@ sys.path.insert(0, str(EXPERIMENTS))
 
 import cifar_checkpoint_accuracy  # noqa: E402
 import cost_study  # noqa: E402
+import data_free  # noqa: E402
 import latency_additivity  # noqa: E402
 import latency_estimators  # noqa: E402
 import latency_gpu  # noqa: E402
@@ -214,3 +215,26 @@ def test_cifar_checkpoint_accuracy_on_a_few_images(tmp_path, shared_data):
     (row,) = read_csv(out)
     assert row["model"] == "cifar_resnet20" and row["all_images"] == "64" and row["prefix_images"] == "64"
     assert float(row["top1_prefix"]) > 70  # the real checkpoint, not random weights
+
+
+def test_data_free_table_from_a_synthesised_set(tmp_path, capsys):
+    """Synthesise, run PRACTISE on the set through main_table, tabulate: the experiment's three steps, tiny."""
+    runs = tmp_path / "runs"
+    assert cli_main(["synthesize", "--model", "cifar_resnet20", "--images", "12", "--steps", "2", "--batch-size", "12",
+                     "--seed", "1", "--out", str(runs / "syn12.npz")]) == 0
+    assert main_table.main(["--model", "cifar_resnet20", "--weights", "random", "--train-data", f"npz:{runs / 'syn12.npz'}",
+                            "--test-data", "synthetic:20:10:2", "--prefix", "10", "--shots", "12", "--seeds", "1",
+                            "--speedup", "0.05", "--rows", "practise", "--recover-steps", "2", "--finetune-steps", "2",
+                            "--latency-budget", "0.01", "--latency-batch-size", "8", "--work", str(runs / "syn12"),
+                            "--out", str(tmp_path / "table.csv")]) == 0
+    run = runs / "syn12" / "practise_12shots_seed1"
+    real = tmp_path / "real.csv"  # stands in for R on real images: the run's own R, so the Spearman must be 1
+    records = [json.loads(line) for line in (run / "recoverability.jsonl").read_text().splitlines() if line.strip()]
+    real.write_text("block,recoverability\n" + "".join(f"{r['block']},{r['recoverability']}\n" for r in records if "block" in r))
+    capsys.readouterr()
+    assert data_free.main(["--runs", str(runs), "--images", "12", "--seed", "1", "--real-scores", str(real),
+                           "--out", str(tmp_path / "data_free.csv")]) == 0
+    (line,) = read_csv(tmp_path / "data_free.csv")
+    assert line["images"] == "12" and float(line["spearman_r_vs_real500"]) == 1.0 and line["dropped"]
+    assert (tmp_path / "data_free_grid.png").stat().st_size > 1000 and "| 12 synthesised |" in capsys.readouterr().out
+

@@ -178,6 +178,7 @@ def test_cli_writes_the_npz_compress_reads_and_a_grid(tmp_path, capsys):
     tiny = load_source(f"npz:{out}")
     assert tiny.images.shape == (6, 32, 32, 3) and list(tiny.labels) == [0, 1, 2, 3, 4, 5]
     assert out.with_suffix(".png").stat().st_size > 1000 and not out.with_name("syn.npz.parts").exists()
+    assert json.loads(out.with_suffix(".json").read_text())["images"] == 6
     capsys.readouterr()
     assert cli.main(argv) == 2  # the file exists: refused, nothing computed
     assert "pass --overwrite" in capsys.readouterr().err

@@ -28,8 +28,15 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
     amount.add_argument("--drop", type=int, metavar="K", help="drop K blocks")
     amount.add_argument("--speedup", type=float, metavar="F", help="drop blocks until the latency falls by F (0.22 = 22%%)")
     amount.add_argument("--blocks", help="drop exactly these blocks, e.g. layer1.1,layer2.3")
-    parser.add_argument("--method", choices=METHODS, default="practise", help="practise (default), first-k or random choose blocks to drop; filter keeps the same "
-                        "fraction of every block's inner filters by L1 norm, to a --speedup target (CIFAR ResNets)")
+    parser.add_argument("--target-tolerance", type=float, default=100 * defaults.TARGET_TOLERANCE, metavar="PP",
+                        help="--speedup is met when the chosen set's measured cut is within PP points of it: blocks are "
+                             f"added or removed until it is (default {100 * defaults.TARGET_TOLERANCE:g}; not with --tau)")
+    parser.add_argument("--predicted-target", action="store_true",
+                        help="trust the sum of single-block taus for --speedup; do not measure the chosen set first")
+    parser.add_argument("--method", choices=METHODS, default="practise", help="practise (default), first-k, random, influence (1 - cos of a block's input and output, "
+                        "per tau) or greedy (least rise of the mimic loss per tau, re-evaluated after each drop) choose "
+                        "blocks to drop; filter keeps the same fraction of every block's inner filters by L1 norm, to a "
+                        "--speedup target (CIFAR ResNets)")
     parser.add_argument("--finetune", choices=sorted(defaults.FINETUNE_LR), default="mimic", help="finetune loss (default mimic)")
     parser.add_argument("--init", choices=INITS, default="plain",
                         help="finetune start: the plain pruned student (the reference), or with recovered adaptors folded in")
@@ -67,7 +74,8 @@ def config_from_args(args: argparse.Namespace) -> CompressConfig:
         speedup=args.speedup, blocks=parse_block_list(args.blocks), finetune=args.finetune, init=args.init,
         recover_steps=args.recover_steps, finetune_steps=args.finetune_steps, finetune_lr=args.lr,
         batch_size=args.batch_size, eval_every=args.eval_every, latency_batch_size=args.latency_batch_size,
-        latency_budget=args.latency_budget, tau_from=args.tau, devices=args.devices, vmap=args.vmap, scores_from=args.scores_from,
+        latency_budget=args.latency_budget, tau_from=args.tau,
+        target_tolerance=None if args.predicted_target else args.target_tolerance / 100, devices=args.devices, vmap=args.vmap, scores_from=args.scores_from,
     )
 
 

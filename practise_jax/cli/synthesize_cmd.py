@@ -39,7 +39,7 @@ def register(commands) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, metavar="FILE.npz", help="images (uint8 NHWC) and labels, the layout "
                                                                          "`compress --data npz:FILE` reads; a grid "
-                                                                         "FILE.png beside it")
+                                                                         "FILE.png and a summary FILE.json beside it")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.set_defaults(run=run)
 
@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     summary = {"images": len(tiny), "file": str(out), "grid": str(grid), "seconds_this_run": round(seconds, 1),
                "teacher_top1_on_targets": round(agree.top1, 2)}
     print(json.dumps(summary))
-    print(f"wrote {out} and {grid}; the teacher gives its target class to {agree.top1:.1f}% of them. "
+    out.with_suffix(".json").write_text(json.dumps(summary, indent=1))
+    print(f"wrote {out}, {grid} and {out.with_suffix('.json')}; the teacher gives its target class to {agree.top1:.1f}% of them. "
           f"Compress with: practise-jax compress --data npz:{out} ...", flush=True)
     return 0

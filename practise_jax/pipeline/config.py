@@ -10,7 +10,8 @@ from practise_jax.finetuning import FinetuneConfig
 from practise_jax.recoverability import RecoverConfig
 from practise_jax.transforms import normalization
 
-METHODS = ("practise", "first-k", "random", "filter")
+METHODS = ("practise", "first-k", "random", "influence", "greedy", "filter")
+RANKED_BY_DAMAGE = ("practise", "influence", "greedy")  # criteria divided by tau: they need it for any amount
 INITS = ("plain", "folded")
 
 
@@ -54,6 +55,7 @@ class CompressConfig:
     latency_budget: float = defaults.LATENCY_BUDGET_S
     latency_threads: int = defaults.LATENCY_CPU_THREADS
     tau_from: str | None = None
+    target_tolerance: float | None = defaults.TARGET_TOLERANCE  # None: trust the sum of single-block taus
     devices: int | None = None  # local devices to spread scoring and finetuning over (None: all)
     vmap: bool = False
     scores_from: str | None = None
@@ -83,6 +85,8 @@ class CompressConfig:
             raise UserError("say what to drop with exactly one of --drop K, --speedup F or --blocks a,b.")
         if self.speedup is not None:
             selection.check_target(self.speedup)
+        if self.target_tolerance is not None and not 0 < self.target_tolerance < 1:
+            raise UserError(f"the target tolerance is a fraction between 0 and 1 (0.01 = 1 point), got {self.target_tolerance}.")
         if self.method == "filter" and (self.speedup is None or self.init != "plain"):
             raise UserError("--method filter prunes inner filters to a latency target: give --speedup F "
                             "(not --drop or --blocks) and the plain finetune start.")
@@ -92,11 +96,17 @@ class CompressConfig:
     @property
     def needs_tau(self) -> bool:
         """Single-block tau is needed to score (practise) or to reach a latency target by dropping blocks."""
-        return self.method != "filter" and (self.speedup is not None or (self.method == "practise" and not self.blocks))
+        return self.method != "filter" and (self.speedup is not None or (self.method in RANKED_BY_DAMAGE and not self.blocks))
 
     @property
     def needs_scores(self) -> bool:
         return self.method == "practise" and not self.blocks
+
+    @property
+    def fits_measured_target(self) -> bool:
+        """A latency target met as measured here: not with --tau from elsewhere (that device is not this one)."""
+        return (self.speedup is not None and self.target_tolerance is not None and not self.blocks
+                and self.method != "filter" and not self.tau_from)
 
     @property
     def keras_teacher(self) -> bool:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from practise_jax import checkpoint, devices, filter_pruning, latency, protocol, recoverability, selection, surgery
+from practise_jax import checkpoint, depth_criteria, devices, filter_pruning, latency, protocol, recoverability, selection, surgery
 from practise_jax.errors import UserError
 from practise_jax.evaluation import evaluate
 from practise_jax.finetuning import finetune
@@ -105,17 +105,54 @@ def selection_phase(ctx: Context) -> dict:
             teacher, k, ctx.batch_shape, time_budget_s=config.latency_budget, cpu_threads=config.latency_threads,
             cache=ctx.latency_cache).tau)
         return {"blocks": [], "keep": keep, "tau_search": tau}
+    criterion = {}
     if config.blocks:
-        chosen = list(config.blocks)
-    elif config.method == "practise":
-        scores = scores_of(ctx)
+        chosen, ranking = list(config.blocks), list(config.blocks)
+    elif config.method in ("practise", "influence"):
+        scores = scores_of(ctx) if config.method == "practise" else _influence_scores(ctx)
+        criterion = {s.block: s.recoverability for s in scores}
         chosen = selection.top_k(scores, config.drop) if config.drop is not None else selection.for_speedup(scores, config.speedup)
+        ranking = scores.blocks
+    elif config.method == "greedy":
+        order = _greedy(ctx)
+        criterion, ranking = dict(order), [b for b, _ in order]
+        chosen = ranking[:config.drop] if config.drop is not None else selection.in_order(ranking, taus, config.speedup)
     else:
-        order = list(candidates)
-        if config.method == "random":
-            order = [order[i] for i in np.random.RandomState(config.seed).permutation(len(order))]
-        chosen = order[:config.drop] if config.drop is not None else selection.in_order(order, taus, config.speedup)
-    return {"blocks": [b for b in candidates if b in chosen]}
+        ranking = _order(config, candidates)
+        chosen = ranking[:config.drop] if config.drop is not None else selection.in_order(ranking, taus, config.speedup)
+    result = {"blocks": [b for b in candidates if b in chosen]} | ({"criterion": criterion} if criterion else {})
+    if not config.fits_measured_target:
+        return result
+    fitted = selection.fit_measured(chosen, ranking, taus, lambda blocks: ctx.profile([blocks]).tau(blocks),
+                                    config.speedup, tolerance=config.target_tolerance)
+    for blocks, cut in fitted.trail:
+        ctx.log(f"  [selection] {len(blocks)} blocks measure {100 * cut:.1f}% (target {100 * config.speedup:.1f}%)")
+    return result | {"blocks": [b for b in candidates if b in fitted.blocks], "measured": fitted.measured,
+                     "first_choice": result["blocks"],
+                     "trail": [{"blocks": list(blocks), "tau": cut} for blocks, cut in fitted.trail]}
+
+
+def _influence_scores(ctx: Context) -> selection.Scores:
+    """Block influence over the tiny set, divided by tau like R (`practise_jax.depth_criteria`)."""
+    inputs = ctx.inputs
+    influence = depth_criteria.block_influence(inputs.teacher, inputs.tiny.images, inputs.views)
+    return selection.Scores.rank(influence, ctx.results["latency"]["tau"])
+
+
+def _greedy(ctx: Context) -> list[tuple[str, float]]:
+    """The greedy mimic-loss order, far enough past the target to leave blocks to add (or K blocks)."""
+    config, inputs = ctx.config, ctx.inputs
+    until = 1.0 if config.speedup is None else min(1.0, config.speedup + 0.1)
+    order = depth_criteria.greedy_order(inputs.teacher, inputs.tiny.images, inputs.views, ctx.results["latency"]["tau"],
+                                        until=until, count=config.drop)
+    return [(b, v) for b, v in order if v == v]  # evaluated blocks only (NaN: not reached)
+
+
+def _order(config: CompressConfig, candidates: list[str]) -> list[str]:
+    """The order first-k and random take blocks in: forward, or a seeded permutation."""
+    if config.method != "random":
+        return list(candidates)
+    return [candidates[i] for i in np.random.RandomState(config.seed).permutation(len(candidates))]
 
 
 def student_phase(ctx: Context) -> dict:

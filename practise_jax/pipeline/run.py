@@ -22,7 +22,7 @@ class Run:
         settings = json.loads(json.dumps(dataclasses.asdict(config)))
         run_file = self.dir / "run.json"
         if run_file.exists():
-            saved = json.loads(run_file.read_text())
+            saved = {**_defaults(), **json.loads(run_file.read_text())}  # a setting added since: its default
             changed = differing_keys(saved, settings)
             if changed and not overwrite:
                 what = f"of model {saved.get('model')}" if saved.get("model") != config.model else "with other settings"
@@ -56,3 +56,10 @@ class Run:
     def seconds(self, names) -> dict[str, float]:
         return {name: json.loads(path.read_text()).get("seconds")
                 for name in names if (path := self.dir / "phases" / f"{name}.json").exists()}
+
+
+def _defaults() -> dict:
+    """Every setting that has a default, as JSON would hold it."""
+    fields = dataclasses.fields(CompressConfig)
+    return json.loads(json.dumps({f.name: f.default for f in fields if f.default is not dataclasses.MISSING}))
+

@@ -88,6 +88,14 @@ class KerasStages(ZooModel):
     keras_pool = "avg_pool"
     stem_layers: tuple[str, ...] = ()  # attributes outside the blocks that hold weights, named as in Keras
 
+    def _begin(self, droppable: tuple[str, ...], name: str, classifier_activation: str | None, stem_width: int, *,
+               dtype, rngs: nnx.Rngs) -> None:
+        """What both versions set first: the droppable blocks, the name, the head's activation, the 7x7 stem conv."""
+        self.droppable = droppable
+        self.model_name = name
+        self.classifier_activation = classifier_activation
+        self.conv1_conv = kl.conv(3, stem_width, 7, stride=2, dtype=dtype, rngs=rngs)
+
     def residual_blocks(self) -> list[tuple[str, nnx.Module]]:
         return [(f"{stage}_block{i + 1}", block) for stage in STAGES for i, block in enumerate(getattr(self, stage))]
 
@@ -110,10 +118,7 @@ class KerasResNet(KerasStages):
     def __init__(self, stage_sizes: Sequence[int], *, name: str = "keras_resnet50", num_classes: int = 1000,
                  widths: Sequence[int] = (64, 128, 256, 512), classifier_activation: str | None = "softmax",
                  dtype=None, rngs: nnx.Rngs):
-        _, self.droppable = block_addresses(stage_sizes)
-        self.model_name = name
-        self.classifier_activation = classifier_activation
-        self.conv1_conv = kl.conv(3, widths[0], 7, stride=2, dtype=dtype, rngs=rngs)
+        self._begin(block_addresses(stage_sizes)[1], name, classifier_activation, widths[0], dtype=dtype, rngs=rngs)
         self.conv1_bn = bn(widths[0], dtype=dtype, rngs=rngs)
         in_ch = widths[0]
         for s, (stage, filters, count) in enumerate(zip(STAGES, widths, stage_sizes)):

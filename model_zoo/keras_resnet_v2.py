@@ -94,10 +94,7 @@ class KerasResNetV2(KerasStages):
     def __init__(self, stage_sizes: Sequence[int], *, name: str = "keras_resnet50v2", num_classes: int = 1000,
                  widths: Sequence[int] = (64, 128, 256, 512), classifier_activation: str | None = "softmax",
                  dtype=None, rngs: nnx.Rngs):
-        _, self.droppable = block_addresses(stage_sizes)
-        self.model_name = name
-        self.classifier_activation = classifier_activation
-        self.conv1_conv = kl.conv(3, widths[0], 7, stride=2, dtype=dtype, rngs=rngs)
+        self._begin(block_addresses(stage_sizes)[1], name, classifier_activation, widths[0], dtype=dtype, rngs=rngs)
         in_ch, stride_of = widths[0], strides(stage_sizes)
         for stage, filters, count in zip(STAGES, widths, stage_sizes):
             stage_blocks = []

@@ -9,6 +9,7 @@ command after a kill: finished runs are read back, an unfinished one resumes):
 * ``practise``: recoverability / tau selection, mimic finetune;
 * ``practise-folded``: the same selection, the trained adaptors folded into the convs as the finetune start
   (reuses the ``practise`` run's scores, so it must come after it);
+* ``progressive``: PRACTISE in 3 rounds, a 100-step mimic finetune and re-scoring between them, mimic finetune;
 * ``influence``: block influence (1 - cos of a block's input and output over the tiny set) per tau, mimic finetune;
 * ``greedy``: greedy removal by the least rise of the pre-GAP mimic loss per tau (no adaptors), mimic finetune;
 * ``filter``: L1-norm pruning of every block's inner filters to the same measured latency cut, mimic finetune.
@@ -63,6 +64,7 @@ ROWS = {
     "random": dict(method="random", finetune="mimic"),
     "practise": dict(method="practise", finetune="mimic"),
     "practise-folded": dict(method="practise", finetune="mimic", init="folded"),
+    "progressive": dict(method="progressive", finetune="mimic"),
     "influence": dict(method="influence", finetune="mimic"),
     "greedy": dict(method="greedy", finetune="mimic"),
     "filter": dict(method="filter", finetune="mimic"),

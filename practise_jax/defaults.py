@@ -31,6 +31,8 @@ LOG_EVERY = 10  # the finetune loop reads its loss back from the device every th
 # Latency
 LATENCY_BATCH_SIZE = 64
 LATENCY_BUDGET_S = 24.0  # seconds of timed calls per candidate
+PROGRESSIVE_ROUNDS = 3  # progressive PRACTISE: drop in this many rounds
+PROGRESSIVE_FINETUNE_STEPS = 100  # mimic steps between rounds, before re-scoring
 TARGET_TOLERANCE = 0.01  # a latency target is met when the chosen set's measured cut is within 1 point of it
 LATENCY_CPU_THREADS = 1  # on a CPU: time in a child process pinned to this many cores (0: in this process)
 

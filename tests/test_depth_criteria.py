@@ -5,7 +5,10 @@ import json
 import numpy as np
 import pytest
 
+import model_zoo
+
 from practise_jax import depth_criteria, pipeline, protocol
+from practise_jax.errors import UserError
 from practise_jax.transforms import views_for
 from test_pipeline import tiny_config
 from tiny_models import tiny_model
@@ -45,3 +48,19 @@ def test_compress_with_a_depth_criterion(tmp_path, method):
     selected = json.loads((tmp_path / method / "phases" / "selection.json").read_text())
     assert len(summary["dropped_blocks"]) == 2 and summary["method"] == method
     assert set(summary["dropped_blocks"]) <= set(selected["criterion"])
+
+
+def test_progressive_practise_drops_in_rounds_and_re_scores(tmp_path):
+    tau = tmp_path / "tau.csv"  # 10% a block, so the rounds' shares are known: 2 blocks, then 1
+    tau.write_text("block,tau\n" + "".join(f"{b},0.1\n" for b in protocol.candidates(model_zoo.create("cifar_resnet20", widths=(4, 8, 16)))))
+    config = tiny_config(tmp_path, method="progressive", drop=None, speedup=0.3, rounds=2, round_finetune_steps=2,
+                         tau_from=str(tau))
+    summary = pipeline.compress(config, tmp_path / "progressive", progress=False, log=lambda m: None)
+    selected = json.loads((tmp_path / "progressive" / "phases" / "selection.json").read_text())
+    rounds = selected["rounds"]
+    assert [len(r["dropped"]) for r in rounds] == [2, 1] and len(summary["dropped_blocks"]) == 3
+    assert not set(rounds[0]["dropped"]) & set(rounds[1]["ranking"])  # round 2 re-scored only what round 1 left
+    assert len(rounds[1]["ranking"]) == len(rounds[0]["ranking"]) - 2
+    with pytest.raises(UserError, match="--speedup"):
+        tiny_config(tmp_path, method="progressive").check()
+

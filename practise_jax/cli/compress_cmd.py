@@ -31,9 +31,14 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target-tolerance", type=float, default=100 * defaults.TARGET_TOLERANCE, metavar="PP",
                         help="--speedup is met when the chosen set's measured cut is within PP points of it: blocks are "
                              f"added or removed until it is (default {100 * defaults.TARGET_TOLERANCE:g}; not with --tau)")
+    parser.add_argument("--rounds", type=int, default=defaults.PROGRESSIVE_ROUNDS,
+                        help=f"--method progressive: drop in N rounds, re-scoring between them (default {defaults.PROGRESSIVE_ROUNDS})")
+    parser.add_argument("--round-finetune-steps", type=int, default=defaults.PROGRESSIVE_FINETUNE_STEPS, metavar="S",
+                        help="--method progressive: mimic steps after each round, before re-scoring "
+                             f"(default {defaults.PROGRESSIVE_FINETUNE_STEPS})")
     parser.add_argument("--predicted-target", action="store_true",
                         help="trust the sum of single-block taus for --speedup; do not measure the chosen set first")
-    parser.add_argument("--method", choices=METHODS, default="practise", help="practise (default), first-k, random, influence (1 - cos of a block's input and output, "
+    parser.add_argument("--method", choices=METHODS, default="practise", help="practise (default), progressive (practise in --rounds, re-scoring between), first-k, random, influence (1 - cos of a block's input and output, "
                         "per tau) or greedy (least rise of the mimic loss per tau, re-evaluated after each drop) choose "
                         "blocks to drop; filter keeps the same fraction of every block's inner filters by L1 norm, to a "
                         "--speedup target (CIFAR ResNets)")
@@ -75,6 +80,7 @@ def config_from_args(args: argparse.Namespace) -> CompressConfig:
         recover_steps=args.recover_steps, finetune_steps=args.finetune_steps, finetune_lr=args.lr,
         batch_size=args.batch_size, eval_every=args.eval_every, latency_batch_size=args.latency_batch_size,
         latency_budget=args.latency_budget, tau_from=args.tau,
+        rounds=args.rounds, round_finetune_steps=args.round_finetune_steps,
         target_tolerance=None if args.predicted_target else args.target_tolerance / 100, devices=args.devices, vmap=args.vmap, scores_from=args.scores_from,
     )
 

@@ -10,8 +10,8 @@ from practise_jax.finetuning import FinetuneConfig
 from practise_jax.recoverability import RecoverConfig
 from practise_jax.transforms import normalization
 
-METHODS = ("practise", "first-k", "random", "influence", "greedy", "filter")
-RANKED_BY_DAMAGE = ("practise", "influence", "greedy")  # criteria divided by tau: they need it for any amount
+METHODS = ("practise", "progressive", "first-k", "random", "influence", "greedy", "filter")
+RANKED_BY_DAMAGE = ("practise", "progressive", "influence", "greedy")  # criteria divided by tau: they need it for any amount
 INITS = ("plain", "folded")
 
 
@@ -55,6 +55,8 @@ class CompressConfig:
     latency_budget: float = defaults.LATENCY_BUDGET_S
     latency_threads: int = defaults.LATENCY_CPU_THREADS
     tau_from: str | None = None
+    rounds: int = defaults.PROGRESSIVE_ROUNDS  # progressive: the target split over this many drops
+    round_finetune_steps: int = defaults.PROGRESSIVE_FINETUNE_STEPS  # progressive: mimic steps between rounds
     target_tolerance: float | None = defaults.TARGET_TOLERANCE  # None: trust the sum of single-block taus
     devices: int | None = None  # local devices to spread scoring and finetuning over (None: all)
     vmap: bool = False
@@ -85,6 +87,9 @@ class CompressConfig:
             raise UserError("say what to drop with exactly one of --drop K, --speedup F or --blocks a,b.")
         if self.speedup is not None:
             selection.check_target(self.speedup)
+        if self.method == "progressive" and (self.speedup is None or self.rounds < 1 or self.round_finetune_steps < 0):
+            raise UserError("--method progressive drops in rounds to a latency target: give --speedup F, --rounds N "
+                            "(at least 1) and --round-finetune-steps S (0 or more).")
         if self.target_tolerance is not None and not 0 < self.target_tolerance < 1:
             raise UserError(f"the target tolerance is a fraction between 0 and 1 (0.01 = 1 point), got {self.target_tolerance}.")
         if self.method == "filter" and (self.speedup is None or self.init != "plain"):
@@ -100,7 +105,7 @@ class CompressConfig:
 
     @property
     def needs_scores(self) -> bool:
-        return self.method == "practise" and not self.blocks
+        return self.method in ("practise", "progressive") and not self.blocks
 
     @property
     def fits_measured_target(self) -> bool:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from practise_jax import checkpoint, depth_criteria, devices, filter_pruning, latency, protocol, recoverability, selection, surgery
+from practise_jax import (checkpoint, depth_criteria, devices, filter_pruning, latency, progressive, protocol,
+                          recoverability, selection, surgery)
 from practise_jax.errors import UserError
 from practise_jax.evaluation import evaluate
 from practise_jax.finetuning import finetune
@@ -105,22 +106,29 @@ def selection_phase(ctx: Context) -> dict:
             teacher, k, ctx.batch_shape, time_budget_s=config.latency_budget, cpu_threads=config.latency_threads,
             cache=ctx.latency_cache).tau)
         return {"blocks": [], "keep": keep, "tau_search": tau}
-    criterion = {}
+    extra = {}  # what the criterion found, kept with the selection
     if config.blocks:
         chosen, ranking = list(config.blocks), list(config.blocks)
     elif config.method in ("practise", "influence"):
         scores = scores_of(ctx) if config.method == "practise" else _influence_scores(ctx)
-        criterion = {s.block: s.recoverability for s in scores}
+        extra = {"criterion": {s.block: s.recoverability for s in scores}}
         chosen = selection.top_k(scores, config.drop) if config.drop is not None else selection.for_speedup(scores, config.speedup)
         ranking = scores.blocks
+    elif config.method == "progressive":
+        inputs, recover = ctx.inputs, config.recover_config()
+        chosen, history, rest = progressive.progressive_selection(
+            teacher, inputs.tiny.images, inputs.views, taus, scores_of(ctx), speedup=config.speedup, rounds=config.rounds,
+            finetune_steps=config.round_finetune_steps, score_steps=recover.steps, batch_size=recover.batch_size,
+            seed=config.seed, log=lambda m: ctx.log(f"  [selection] {m}"))
+        ranking, extra = chosen + rest, {"rounds": history}
     elif config.method == "greedy":
         order = _greedy(ctx)
-        criterion, ranking = dict(order), [b for b, _ in order]
+        extra, ranking = {"criterion": dict(order)}, [b for b, _ in order]
         chosen = ranking[:config.drop] if config.drop is not None else selection.in_order(ranking, taus, config.speedup)
     else:
         ranking = _order(config, candidates)
         chosen = ranking[:config.drop] if config.drop is not None else selection.in_order(ranking, taus, config.speedup)
-    result = {"blocks": [b for b in candidates if b in chosen]} | ({"criterion": criterion} if criterion else {})
+    result = {"blocks": [b for b in candidates if b in chosen]} | extra
     if not config.fits_measured_target:
         return result
     fitted = selection.fit_measured(chosen, ranking, taus, lambda blocks: ctx.profile([blocks]).tau(blocks),

@@ -82,9 +82,8 @@ def greedy_order(model: nnx.Module, images: np.ndarray, views: Views, tau: Mappi
         features = nnx.merge(graphdef, state)(views.eval(images), mask)[1]["pre_gap"]
         return jnp.sum(jnp.square(features.astype(jnp.float32) - target.astype(jnp.float32)))
 
-    full = jnp.ones(len(model.droppable), jnp.float32)
-    targets = [jax.jit(lambda state, x: nnx.merge(graphdef, state)(views.eval(x), full)[1]["pre_gap"])(state, b)
-               for b in batches]
+    features = jax.jit(lambda state, x: nnx.merge(graphdef, state)(views.eval(x))[1]["pre_gap"])
+    targets = [features(state, b) for b in batches]
     size = sum(int(np.prod(t.shape)) for t in targets)
 
     def loss(dropped: Sequence[str]) -> float:

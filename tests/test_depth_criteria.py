@@ -16,6 +16,13 @@ from tiny_models import tiny_model
 IMAGES = np.random.default_rng(0).integers(0, 256, (24, 32, 32, 3), np.uint8)
 
 
+def tau_csv(tmp_path) -> str:
+    """10% a block for tiny_config's teacher: a tiny model's measured taus are noise (even negative under load)."""
+    path = tmp_path / "tau.csv"
+    path.write_text("block,tau\n" + "".join(f"{b},0.1\n" for b in protocol.candidates(model_zoo.create("cifar_resnet20", widths=(4, 8, 16)))))
+    return str(path)
+
+
 def model_with_a_silent_block(address="layer2.2"):
     """A tiny CIFAR ResNet whose block ``address`` adds nothing (last BN zeroed): its output is its input."""
     model = tiny_model("cifar_resnet20")
@@ -44,17 +51,16 @@ def test_greedy_drops_the_harmless_block_first_and_re_evaluates():
 
 @pytest.mark.parametrize("method", ["influence", "greedy"])
 def test_compress_with_a_depth_criterion(tmp_path, method):
-    summary = pipeline.compress(tiny_config(tmp_path, method=method), tmp_path / method, progress=False, log=lambda m: None)
+    config = tiny_config(tmp_path, method=method, tau_from=tau_csv(tmp_path))
+    summary = pipeline.compress(config, tmp_path / method, progress=False, log=lambda m: None)
     selected = json.loads((tmp_path / method / "phases" / "selection.json").read_text())
     assert len(summary["dropped_blocks"]) == 2 and summary["method"] == method
     assert set(summary["dropped_blocks"]) <= set(selected["criterion"])
 
 
 def test_progressive_practise_drops_in_rounds_and_re_scores(tmp_path):
-    tau = tmp_path / "tau.csv"  # 10% a block, so the rounds' shares are known: 2 blocks, then 1
-    tau.write_text("block,tau\n" + "".join(f"{b},0.1\n" for b in protocol.candidates(model_zoo.create("cifar_resnet20", widths=(4, 8, 16)))))
     config = tiny_config(tmp_path, method="progressive", drop=None, speedup=0.3, rounds=2, round_finetune_steps=2,
-                         tau_from=str(tau))
+                         tau_from=tau_csv(tmp_path))  # 10% a block, so the rounds' shares are known: 2 blocks, then 1
     summary = pipeline.compress(config, tmp_path / "progressive", progress=False, log=lambda m: None)
     selected = json.loads((tmp_path / "progressive" / "phases" / "selection.json").read_text())
     rounds = selected["rounds"]

@@ -29,9 +29,20 @@ def read_csv(path):
         return list(csv.DictReader(handle))
 
 
+def fixed_tau(tmp_path, model="cifar_resnet20"):
+    """A tau CSV of 10% a block: rows that need single-block tau get it without timing a tiny model, whose taus
+    are noise (they can sum below zero on a loaded machine)."""
+    import model_zoo
+    from practise_jax import protocol
+
+    path = tmp_path / "tau.csv"
+    path.write_text("block,tau\n" + "".join(f"{b},0.1\n" for b in protocol.candidates(model_zoo.create(model))))
+    return str(path)
+
+
 def test_main_table_runs_every_row_and_resumes(tmp_path, monkeypatch):
     args = ["--model", "cifar_resnet20", "--weights", "random", "--train-data", "synthetic:64:10:1",
-            "--test-data", "synthetic:40:10:2", "--prefix", "20", "--shots", "20", "--seeds", "1",
+            "--test-data", "synthetic:40:10:2", "--prefix", "20", "--shots", "20", "--seeds", "1", "--tau", fixed_tau(tmp_path),
             "--speedup", "0.05", "--rows", "bp,random,practise,practise-folded", "--recover-steps", "2",
             "--finetune-steps", "2", "--latency-budget", "0.01", "--latency-batch-size", "16",
             "--work", str(tmp_path / "work"), "--out", str(tmp_path / "table.csv")]
@@ -224,6 +235,7 @@ def test_data_free_table_from_a_synthesised_set(tmp_path, capsys):
                      "--seed", "1", "--out", str(runs / "syn12.npz")]) == 0
     assert main_table.main(["--model", "cifar_resnet20", "--weights", "random", "--train-data", f"npz:{runs / 'syn12.npz'}",
                             "--test-data", "synthetic:20:10:2", "--prefix", "10", "--shots", "12", "--seeds", "1",
+                            "--tau", fixed_tau(tmp_path),
                             "--speedup", "0.05", "--rows", "practise", "--recover-steps", "2", "--finetune-steps", "2",
                             "--latency-budget", "0.01", "--latency-batch-size", "8", "--work", str(runs / "syn12"),
                             "--out", str(tmp_path / "table.csv")]) == 0

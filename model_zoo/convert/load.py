@@ -132,6 +132,8 @@ def best_fit(state_dict: Mapping[str, np.ndarray]) -> list[tuple[str, float]]:
     """Registered models by how well the file fits them: the share of keys present in both with equal shapes."""
     fits = []
     for name in registry.list_models():
+        if registry.get_info(name).family.startswith("keras_"):
+            continue  # Keras layer names: read from Keras files (model_zoo.from_keras), never from a state dict
         match = match_keys(nnx.eval_shape(lambda name=name: registry.create(name)), state_dict)
         total = len(match.values) + len(match.missing) + len(match.mismatched)
         fits.append((name, len(match.values) / max(total, len(state_dict), 1)))

@@ -123,7 +123,7 @@ def selection_phase(ctx: Context) -> dict:
         ranking, extra = chosen + rest, {"rounds": history}
     elif config.method == "greedy":
         order = _greedy(ctx)
-        extra, ranking = {"criterion": dict(order)}, [b for b, _ in order]
+        extra, ranking = {"criterion": {b: v for b, v in order if v == v}}, [b for b, _ in order]
         chosen = ranking[:config.drop] if config.drop is not None else selection.in_order(ranking, taus, config.speedup)
     else:
         ranking = _order(config, candidates)
@@ -153,7 +153,7 @@ def _greedy(ctx: Context) -> list[tuple[str, float]]:
     until = 1.0 if config.speedup is None else min(1.0, config.speedup + 0.1)
     order = depth_criteria.greedy_order(inputs.teacher, inputs.tiny.images, inputs.views, ctx.results["latency"]["tau"],
                                         until=until, count=config.drop)
-    return [(b, v) for b, v in order if v == v]  # evaluated blocks only (NaN: not reached)
+    return order  # blocks not reached (NaN loss) follow in forward order
 
 
 def _order(config: CompressConfig, candidates: list[str]) -> list[str]:

@@ -28,14 +28,13 @@ import re
 import zipfile
 from pathlib import Path
 
-import jax
 import numpy as np
 from flax import nnx
 
 from model_zoo import registry
 from practise_jax import surgery
 from practise_jax.errors import UserError
-from practise_jax.latency.programs import _materialise
+from practise_jax.latency.programs import materialise
 
 SUPPORTED = ("keras.applications ResNet50, ResNet101, ResNet152 (keras_resnet50/101/152), ResNet50V2/101V2/152V2 "
              "(keras_resnet50v2/101v2/152v2) and MobileNetV2 (keras_mobilenet_v2)")
@@ -263,8 +262,7 @@ def load_keras(source, *, model: str | None = None, dropped=()):
         raise UserError(f"{found.source} holds a {name}, not a {model}; use --model {name} (or --keras-model alone).")
     abstract = nnx.eval_shape(lambda: registry.create(name, **overrides))
     graphdef, state = nnx.split(abstract)
-    built = nnx.merge(graphdef, jax.tree.map(lambda leaf: _materialise(leaf) if isinstance(leaf, jax.ShapeDtypeStruct)
-                                             else leaf, state))
+    built = nnx.merge(graphdef, materialise(state))  # zeros, every variable then filled by assign
     assign(built, found)
     built.input_spec = dataclasses.replace(abstract.input_spec, size=found.input_size or abstract.input_spec.size)
     built.eval()

@@ -66,6 +66,11 @@ def _materialise(leaf):
     return jnp.zeros(leaf.shape, leaf.dtype)
 
 
+def materialise(tree):
+    """``tree`` with every abstract leaf (``jax.ShapeDtypeStruct``) made concrete by `_materialise`."""
+    return jax.tree.map(lambda leaf: _materialise(leaf) if isinstance(leaf, jax.ShapeDtypeStruct) else leaf, tree)
+
+
 def program(model: nnx.Module, batch_shape: Sequence[int], dtype: str = "float32") -> Program:
     """The forward pass of ``model`` (eval mode) on a batch of ``batch_shape`` in ``dtype``, exported.
 
@@ -77,7 +82,7 @@ def program(model: nnx.Module, batch_shape: Sequence[int], dtype: str = "float32
     model = nnx.clone(model)
     model.eval()
     graphdef, weights, rest = nnx.split(model, WEIGHTS, ...)
-    rest = jax.tree.map(lambda leaf: _materialise(leaf) if isinstance(leaf, jax.ShapeDtypeStruct) else leaf, rest)
+    rest = materialise(rest)
     leaves, treedef = jax.tree.flatten(weights)
     specs = [jax.ShapeDtypeStruct(leaf.shape, jdtype if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf.dtype)
              for leaf in leaves]

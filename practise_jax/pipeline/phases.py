@@ -121,12 +121,12 @@ def selection_phase(ctx: Context) -> dict:
             finetune_steps=config.round_finetune_steps, score_steps=recover.steps, batch_size=recover.batch_size,
             seed=config.seed, log=lambda m: ctx.log(f"  [selection] {m}"))
         ranking, extra = chosen + rest, {"rounds": history}
-    elif config.method == "greedy":
-        order = _greedy(ctx)
-        extra, ranking = {"criterion": {b: v for b, v in order if v == v}}, [b for b, _ in order]
-        chosen = ranking[:config.drop] if config.drop is not None else selection.in_order(ranking, taus, config.speedup)
-    else:
-        ranking = _order(config, candidates)
+    else:  # an order to take blocks in: greedy's, forward (first-k) or seeded (random)
+        if config.method == "greedy":
+            order = _greedy(ctx)
+            extra, ranking = {"criterion": {b: v for b, v in order if v == v}}, [b for b, _ in order]
+        else:
+            ranking = _order(config, candidates)
         chosen = ranking[:config.drop] if config.drop is not None else selection.in_order(ranking, taus, config.speedup)
     result = {"blocks": [b for b in candidates if b in chosen]} | extra
     if not config.fits_measured_target:

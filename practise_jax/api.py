@@ -224,7 +224,8 @@ def drop(teacher: nnx.Module, blocks: Sequence[str], *, images=None, steps: int 
 
 def finetune(student: nnx.Module, images, *, teacher: nnx.Module | None = None, labels=None, loss: str = "mimic",
              steps: int = defaults.FINETUNE_STEPS, lr: float | None = None, batch_size: int = defaults.BATCH_SIZE,
-             seed: int = 0, views: Views | None = None, mean=None, std=None,
+             seed: int = 0, mimic_at: Sequence[str] = ("pre_gap",), kd_weight: float = 0.0, reestimate_bn: bool = False,
+             views: Views | None = None, mean=None, std=None,
              evaluate: Callable[[nnx.Module], dict] | None = None, eval_every: int = defaults.EVAL_EVERY,
              devices: int | Sequence | None = None, state_path: str | os.PathLike | None = None,
              progress: bool = False) -> tuple[nnx.Module, list[dict]]:
@@ -234,7 +235,10 @@ def finetune(student: nnx.Module, images, *, teacher: nnx.Module | None = None, 
     labels; the classifier stays the teacher's), ``"ce"`` (cross-entropy on
     ``labels``; no teacher needed) or ``"kd"`` (the teacher's softened logits).
     ``lr`` defaults to the loss's (mimic/kd 0.02, ce 1e-4); the schedule drops
-    it x0.1 at 40% and 80% of ``steps``. ``evaluate(model) -> dict`` runs every
+    it x0.1 at 40% and 80% of ``steps``. Recipes for large cuts: ``mimic_at``
+    names the features mimicked (``"stages"``: every stage's output),
+    ``kd_weight`` adds KD to the mimic loss, ``reestimate_bn`` sets the
+    BatchNorm statistics from ``images`` first. ``evaluate(model) -> dict`` runs every
     ``eval_every`` steps; the history lists the losses and those results.
     ``devices``: how many local devices (or which) to split each batch over,
     data-parallel (default: all of them). ``state_path``: a file to resume a
@@ -249,7 +253,9 @@ def finetune(student: nnx.Module, images, *, teacher: nnx.Module | None = None, 
     """
     images = _image_array(images)
     view = _resolve_views(student, images, views, mean, std)
-    config = FinetuneConfig(loss=loss, steps=steps, lr=lr, batch_size=batch_size, seed=seed, eval_every=eval_every)
+    config = FinetuneConfig(loss=loss, steps=steps, lr=lr, batch_size=batch_size, seed=seed, eval_every=eval_every,
+                            mimic_at=(mimic_at,) if isinstance(mimic_at, str) else tuple(mimic_at), kd_weight=kd_weight,
+                            reestimate_bn=reestimate_bn)
     labels = None if labels is None else _labels(labels, len(images))
     return finetune_loop(student, teacher, images, labels, config, view.train, evaluate=evaluate,
                          state_path=None if state_path is None else Path(state_path), progress=progress,

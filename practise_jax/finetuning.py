@@ -11,6 +11,13 @@ Three losses, one training loop:
 * ``kd``: KL divergence to the teacher's softened logits (temperature 4,
   scaled by T^2), classifier trained, lr 0.02 (the reference has no KD code; our choice).
 
+Recipes for large cuts (ours, not the reference's; experiments/README.md
+"Finetune recipes at large cuts"): ``mimic_at`` matches more features than
+``pre_gap`` (``("stages",)``: every stage's output, the sum of their MSEs);
+``kd_weight`` adds that much KD to the mimic loss; ``reestimate_bn`` sets the
+student's BatchNorm statistics from the tiny set before the first step
+(`batch_norm.reestimate`).
+
 Always: the student's BatchNorm in *train* mode (batch statistics, running
 statistics updated with PyTorch's momentum 0.1), the teacher in eval mode,
 SGD momentum 0.9 with coupled weight decay 1e-4, lr x0.1 at 40% and 80% of
@@ -41,11 +48,12 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from practise_jax import defaults, devices
+from practise_jax import batch_norm, defaults, devices
 from practise_jax.errors import UserError
 from practise_jax.recoverability import batch_indices, mse, step_decay_sgd
 
 LOSSES = tuple(defaults.FINETUNE_LR)
+STAGES = "stages"  # in mimic_at: the output of every stage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +66,9 @@ class FinetuneConfig:
     weight_decay: float = defaults.WEIGHT_DECAY
     decay_every: float = defaults.DECAY_EVERY
     kd_temperature: float = defaults.KD_TEMPERATURE
+    mimic_at: tuple[str, ...] = ("pre_gap",)  # the features the mimic loss matches (STAGES: every stage's output)
+    kd_weight: float = 0.0  # mimic + this x KD
+    reestimate_bn: bool = False  # BatchNorm statistics from the tiny set before the first step
     eval_every: int = defaults.EVAL_EVERY
     save_every: int = defaults.SAVE_EVERY
     log_every: int = defaults.LOG_EVERY
@@ -70,6 +81,12 @@ class FinetuneConfig:
             raise UserError(f"finetune steps must be 0 or more, got {self.steps}.")
         if self.batch_size < 1:
             raise UserError(f"batch size must be at least 1, got {self.batch_size}.")
+        if self.loss != "mimic" and (self.kd_weight or tuple(self.mimic_at) != ("pre_gap",)):
+            raise UserError(f"mimic_at and kd_weight shape the mimic loss; the {self.loss} loss takes neither.")
+        if not self.mimic_at:
+            raise UserError(f"mimic_at names no features; give feature names (e.g. pre_gap) or '{STAGES}'.")
+        if not self.kd_weight >= 0:
+            raise UserError(f"kd_weight must be 0 or more, got {self.kd_weight}.")
         for name in ("eval_every", "save_every", "log_every"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1 step, got {getattr(self, name)}.")
@@ -91,14 +108,32 @@ def trainable_mask(params: nnx.State, head: str, loss: str) -> nnx.State:
     return jax.tree_util.tree_map_with_path(lambda path, _: not (loss == "mimic" and path[0].key == head), params)
 
 
-def make_loss(loss: str, temperature: float) -> Callable:
-    def value(student_logits, student_features, teacher_logits, teacher_features, labels):
-        if loss == "mimic":
-            return mse(student_features["pre_gap"], teacher_features["pre_gap"])
-        if loss == "ce":
-            return optax.softmax_cross_entropy_with_integer_labels(student_logits, labels).mean()
-        t = temperature
+def mimicked_features(mimic_at: tuple[str, ...], student_features: dict, teacher_features: dict) -> list[str]:
+    """The feature names the mimic loss matches; ``STAGES`` stands for every stage's output (the last one's is ``pre_gap``)."""
+    stages = [k for k in teacher_features if k not in ("stem", "pre_gap", "pre_logits")][:-1] + ["pre_gap"]
+    names = list(dict.fromkeys(n for name in mimic_at for n in (stages if name == STAGES else [name])))
+    missing = [n for n in names if n not in student_features or n not in teacher_features]
+    if missing:
+        shared = [k for k in teacher_features if k in student_features]
+        raise UserError(f"cannot mimic {', '.join(missing)}: the student and teacher share the features "
+                        f"{', '.join(shared)} (or '{STAGES}').")
+    return names
+
+
+def make_loss(config: FinetuneConfig) -> Callable:
+    t = config.kd_temperature
+
+    def kd(student_logits, teacher_logits):
         return (t * t) * optax.kl_divergence(jax.nn.log_softmax(student_logits / t), jax.nn.softmax(teacher_logits / t)).mean()
+
+    def value(student_logits, student_features, teacher_logits, teacher_features, labels):
+        if config.loss == "ce":
+            return optax.softmax_cross_entropy_with_integer_labels(student_logits, labels).mean()
+        if config.loss == "kd":
+            return kd(student_logits, teacher_logits)
+        names = mimicked_features(config.mimic_at, student_features, teacher_features)
+        mimic = sum(mse(student_features[n], teacher_features[n]) for n in names)
+        return mimic + config.kd_weight * kd(student_logits, teacher_logits) if config.kd_weight else mimic
 
     return value
 
@@ -113,7 +148,7 @@ def make_step(student_graphdef, teacher_graphdef, tx, config: FinetuneConfig, tr
     ``failed`` is the first step whose loss or updated weights were not
     finite (-1: none); once set, the step returns its inputs unchanged.
     """
-    loss_of = make_loss(config.loss, config.kd_temperature)
+    loss_of = make_loss(config)
 
     def loss_fn(params, rest, teacher_state, x, labels):
         student = nnx.merge(student_graphdef, params, rest, copy=True)
@@ -203,6 +238,8 @@ def finetune(student: nnx.Module, teacher: nnx.Module | None, images: np.ndarray
     if teacher is not None:
         teacher.eval()
         teacher_graphdef, teacher_state = nnx.split(teacher)
+    if config.reestimate_bn:
+        student = batch_norm.reestimate(student, images, train_view, config.batch_size, seed=config.seed)
     student.train()
     graphdef, params, rest = nnx.split(student, nnx.Param, ...)
     params, rest = jax.tree.map(jnp.copy, (params, rest))  # own buffers: the step donates them, the teacher may share them

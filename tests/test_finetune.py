@@ -121,3 +121,53 @@ def test_ce_needs_labels_not_a_teacher_and_mimic_needs_a_teacher(setup):
 def test_unknown_loss():
     with pytest.raises(UserError, match="mimic, ce, kd"):
         ft.FinetuneConfig(loss="sgd")
+
+
+def test_recipe_losses_are_the_sums_they_say(setup):
+    """mimic_at='stages' sums every stage's MSE (the last stage's output is pre_gap); kd_weight adds that much KD."""
+    teacher, images, labels, view = setup
+    student = student_of(teacher)
+    x = view(jax.random.key(0), images)
+    student_logits, student_features = student(x)
+    teacher_logits, teacher_features = teacher(x)
+    args = (student_logits, student_features, teacher_logits, teacher_features, labels)
+
+    def loss(**recipe):
+        return float(ft.make_loss(ft.FinetuneConfig(**recipe))(*args))
+
+    mse = {k: float(np.mean((np.asarray(student_features[k]) - np.asarray(teacher_features[k])) ** 2))
+           for k in ("layer1", "layer2", "pre_gap")}
+    kd = float(ft.make_loss(ft.FinetuneConfig(loss="kd"))(*args))
+    assert loss() == pytest.approx(mse["pre_gap"], rel=1e-5)
+    assert loss(mimic_at=("stages",)) == pytest.approx(sum(mse.values()), rel=1e-5)
+    assert loss(mimic_at=("layer1", "pre_gap")) == pytest.approx(mse["layer1"] + mse["pre_gap"], rel=1e-5)
+    assert loss(kd_weight=0.5) == pytest.approx(mse["pre_gap"] + 0.5 * kd, rel=1e-5)
+    assert kd > 0 and mse["layer2"] > 0  # the student lacks layer2.1: both terms see it
+
+
+def test_batch_norm_reestimate_averages_the_tiny_sets_statistics(setup):
+    """The stem BatchNorm sees the stem conv's output: its new statistics are that output's mean and variance per batch, averaged."""
+    from practise_jax import batch_norm
+
+    teacher, images, _, view = setup
+    student = student_of(teacher)
+    stats_before = jax.tree.map(np.asarray, nnx.state(student, nnx.BatchStat))
+    tuned = batch_norm.reestimate(student, images, view, batch_size=8, seed=3)
+    order = np.random.RandomState(3).permutation(len(images))
+    keys = jax.random.split(jax.random.key(3), 2)
+    stem = [np.asarray(student.conv1(view(key, images[order[i:i + 8]]))) for key, i in zip(keys, (0, 8))]
+    np.testing.assert_allclose(tuned.bn1.mean[...], np.mean([s.mean(axis=(0, 1, 2)) for s in stem], axis=0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(tuned.bn1.var[...], np.mean([s.var(axis=(0, 1, 2)) for s in stem], axis=0), rtol=1e-4, atol=1e-5)
+    assert tuned.bn1.momentum == student.bn1.momentum  # the copy keeps its own BatchNorm settings
+    unchanged = jax.tree.map(np.asarray, nnx.state(student, nnx.BatchStat))  # the given model is left as it was
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(stats_before), jax.tree.leaves(unchanged)))
+
+
+def test_recipe_mistakes_are_named(setup):
+    teacher, images, labels, view = setup
+    with pytest.raises(UserError, match="the kd loss takes neither"):
+        ft.FinetuneConfig(loss="kd", kd_weight=1.0)
+    with pytest.raises(UserError, match="kd_weight must be 0 or more"):
+        ft.FinetuneConfig(kd_weight=-1.0)
+    with pytest.raises(UserError, match="cannot mimic layer9: the student and teacher share the features layer1"):
+        ft.finetune(student_of(teacher), teacher, images, labels, ft.FinetuneConfig(steps=1, batch_size=8, mimic_at=("layer9",)), view)

@@ -112,3 +112,9 @@ def test_unknown_weight_extension(tmp_path):
     path.write_bytes(b"x")
     with pytest.raises(UserError, match="unknown extension"):
         model_zoo.read_state_dict(path)
+
+
+def test_finetune_recipe_for_another_loss(capsys, tiny_npz, tmp_path):
+    status, _, err = run_cli(capsys, "compress", "--model", "cifar_resnet20", "--weights", "random", "--data", f"npz:{tiny_npz}",
+                             "--blocks", "layer1.1", "--finetune", "ce", "--kd-weight", "1", "--out", str(tmp_path / "run"))
+    assert status == 2 and "the ce loss takes neither" in err and "Traceback" not in err

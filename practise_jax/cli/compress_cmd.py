@@ -50,6 +50,13 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"finetune steps (default {defaults.FINETUNE_STEPS})")
     parser.add_argument("--lr", type=float, help="finetune learning rate (default: " +
                         ", ".join(f"{k} {v:g}" for k, v in defaults.FINETUNE_LR.items()) + ")")
+    parser.add_argument("--mimic-at", default="pre_gap", metavar="FEATURES",
+                        help="mimic finetune: the features matched, comma-separated (default pre_gap; 'stages': every "
+                             "stage's output, e.g. layer1,layer2,pre_gap)")
+    parser.add_argument("--kd-weight", type=float, default=0.0, metavar="W",
+                        help="mimic finetune: add W x KD on the teacher's logits (temperature 4; default 0)")
+    parser.add_argument("--reestimate-bn", action="store_true",
+                        help="set the student's BatchNorm statistics from the tiny set before finetuning")
     parser.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE, help=f"training batch (default {defaults.BATCH_SIZE})")
     parser.add_argument("--eval-every", type=int, default=defaults.EVAL_EVERY,
                         help=f"evaluate every N finetune steps (default {defaults.EVAL_EVERY})")
@@ -78,6 +85,8 @@ def config_from_args(args: argparse.Namespace) -> CompressConfig:
         shots=args.shots, seed=args.seed, balanced=args.balanced, method=args.method, drop=args.drop,
         speedup=args.speedup, blocks=parse_block_list(args.blocks), finetune=args.finetune, init=args.init,
         recover_steps=args.recover_steps, finetune_steps=args.finetune_steps, finetune_lr=args.lr,
+        mimic_at=tuple(n.strip() for n in args.mimic_at.split(",") if n.strip()), kd_weight=args.kd_weight,
+        reestimate_bn=args.reestimate_bn,
         batch_size=args.batch_size, eval_every=args.eval_every, latency_batch_size=args.latency_batch_size,
         latency_budget=args.latency_budget, tau_from=args.tau,
         rounds=args.rounds, round_finetune_steps=args.round_finetune_steps,

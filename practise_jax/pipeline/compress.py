@@ -78,7 +78,9 @@ def summarise(ctx: Context, run: Run) -> dict:
         "class_mean_student": accuracy.get("student", {}).get("class_mean"),
         "eval_images": accuracy.get("images"), "device": speed["device"], "latency_batch_size": speed["batch_size"],
         "jax_version": jax.__version__, "recover_steps": config.adaptor_steps, "finetune_steps": config.finetune_steps,
-        "finetune_lr": tuned["lr"], "history": [h for h in tuned["history"] if "top1" in h or "loss" in h],
+        "finetune_lr": tuned["lr"],
+        "finetune_recipe": {"mimic_at": list(config.mimic_at), "kd_weight": config.kd_weight, "reestimate_bn": config.reestimate_bn},
+        "history": [h for h in tuned["history"] if "top1" in h or "loss" in h],
         "keras_export": results.get("keras_export"),
         "phase_seconds": run.seconds(PHASES),
     }

@@ -49,6 +49,9 @@ class CompressConfig:
     recover_steps: int | None = None
     finetune_steps: int = defaults.FINETUNE_STEPS
     finetune_lr: float | None = None
+    mimic_at: tuple[str, ...] = ("pre_gap",)  # mimic finetune: the features matched ("stages": every stage's output)
+    kd_weight: float = 0.0  # mimic finetune: plus this x KD on the teacher's logits
+    reestimate_bn: bool = False  # BatchNorm statistics from the tiny set before finetuning
     batch_size: int = defaults.BATCH_SIZE
     eval_every: int = defaults.EVAL_EVERY
     latency_batch_size: int = defaults.LATENCY_BATCH_SIZE
@@ -71,7 +74,8 @@ class CompressConfig:
 
     def finetune_config(self) -> FinetuneConfig:
         return FinetuneConfig(loss=self.finetune, steps=self.finetune_steps, batch_size=self.batch_size,
-                              lr=self.finetune_lr, eval_every=self.eval_every, seed=self.seed)
+                              lr=self.finetune_lr, eval_every=self.eval_every, seed=self.seed, mimic_at=tuple(self.mimic_at),
+                              kd_weight=self.kd_weight, reestimate_bn=self.reestimate_bn)
 
     def normalization(self):
         """``(mean, std)`` as given, checked, or None."""

@@ -73,7 +73,8 @@ def run_recipe(args, source: dict, blocks: list[str], recipe: str) -> dict:
         latency_budget=args.latency_budget, **settings)
     summary = compress(config, out, progress=False, log=lambda m: print(f"  {recipe}: {m}", flush=True))
     start = next(h for h in summary["history"] if h.get("step") == 0 and "class_mean" in h)
-    return {"recipe": recipe, **{k: json.dumps(v) if isinstance(v, (list, tuple)) else v for k, v in settings.items()},
+    return {"recipe": recipe, "finetune_steps": config.finetune_steps, "mimic_at": "+".join(config.mimic_at),
+            "kd_weight": config.kd_weight, "reestimate_bn": config.reestimate_bn,
             "class_mean": summary["class_mean_student"], "top1": summary["top1_student"],
             "class_mean_start": start["class_mean"], "class_mean_precise_bn_after": _precise_bn_after(config, out),
             "class_mean_teacher": summary["class_mean_teacher"], "dropped": " ".join(blocks),

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from practise_jax import conv_backward
+
 from practise_jax import protocol
 
 ZERO_INIT = nnx.initializers.zeros_init()
@@ -31,7 +33,7 @@ def conv(in_ch: int, out_ch: int, kernel: int, *, stride: int = 1, padding="VALI
     """A Keras ``Conv2D`` / ``DepthwiseConv2D`` (``groups == in_ch``); ``padding``: "SAME", "VALID" or explicit pairs."""
     return nnx.Conv(in_ch, out_ch, (kernel, kernel), strides=stride, padding=padding, feature_group_count=groups,
                     use_bias=bias, dtype=dtype, kernel_init=nnx.initializers.glorot_uniform(), bias_init=ZERO_INIT,
-                    rngs=rngs)
+                    conv_general_dilated=conv_backward.conv_general_dilated, rngs=rngs)
 
 
 def batch_norm(channels: int, *, epsilon: float, momentum: float, dtype=None, rngs: nnx.Rngs) -> nnx.BatchNorm:

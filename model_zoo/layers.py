@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from flax import nnx
 
+from practise_jax import conv_backward
+
 BN_MOMENTUM = 0.9  # Flax keep rate == PyTorch momentum 0.1
 BN_EPSILON = 1e-5
 
@@ -21,6 +23,7 @@ def conv(in_ch: int, out_ch: int, kernel: int, *, stride: int = 1, groups: int =
         in_ch, out_ch, (kernel, kernel), strides=stride, padding=((pad, pad), (pad, pad)),
         feature_group_count=groups, use_bias=False, dtype=dtype,
         kernel_init=nnx.initializers.variance_scaling(2.0, "fan_out", "normal"), rngs=rngs,
+        conv_general_dilated=conv_backward.conv_general_dilated,
     )
 
 

@@ -1,6 +1,7 @@
 """The finetune loop: what each loss trains, exact resume, the NaN stop, no teacher for CE."""
 
 import dataclasses
+import functools
 
 import jax
 import numpy as np
@@ -171,3 +172,31 @@ def test_recipe_mistakes_are_named(setup):
         ft.FinetuneConfig(kd_weight=-1.0)
     with pytest.raises(UserError, match="cannot mimic layer9: the student and teacher share the features layer1"):
         ft.finetune(student_of(teacher), teacher, images, labels, ft.FinetuneConfig(steps=1, batch_size=8, mimic_at=("layer9",)), view)
+
+
+def test_zoo_convs_backward_equals_lax_and_stores_the_operands():
+    """The zoo's conv (practise_jax.conv_backward) gives lax's values and gradients; on a CPU its backward pass holds the conditional."""
+    from jax import lax
+
+    from practise_jax import conv_backward
+
+    rng = np.random.default_rng(0)
+    x = jax.numpy.asarray(rng.normal(size=(4, 9, 9, 8)), jax.numpy.float32)
+    for stride, groups in ((1, 1), (2, 1), (2, 8)):
+        w = jax.numpy.asarray(rng.normal(size=(3, 3, 8 // groups, 8)), jax.numpy.float32)
+
+        def loss(conv, x, w):
+            y = conv(x, w, (stride, stride), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+            return jax.numpy.sum(jax.numpy.sin(jax.nn.relu(y) + x.mean()))
+
+        ours = jax.jit(jax.value_and_grad(functools.partial(loss, conv_backward.conv_general_dilated), (0, 1)))(x, w)
+        plain = jax.jit(jax.value_and_grad(functools.partial(loss, lax.conv_general_dilated), (0, 1)))(x, w)
+        for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(plain)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    def compiled(conv):
+        return jax.jit(jax.grad(functools.partial(loss, conv), 1)).lower(x, w).compile().as_text()
+
+    assert "conditional(" in compiled(conv_backward.conv_general_dilated) and "conditional(" not in compiled(lax.conv_general_dilated)
+    model = tiny_model("cifar_resnet20", dropped=())
+    assert all(m.conv_general_dilated is conv_backward.conv_general_dilated
+               for _, m in nnx.iter_modules(model) if isinstance(m, nnx.Conv))

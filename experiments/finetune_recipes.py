@@ -41,8 +41,10 @@ RECIPES = {
     "mimic-1000-steps": {"finetune_steps": 1000},
     "mimic-stages": {"mimic_at": ("stages",)},
     "mimic+kd": {"kd_weight": 1.0},
+    "mimic+kd-0.1": {"kd_weight": 0.1},
+    "mimic+kd-0.01": {"kd_weight": 0.01},
     "bn-reestimate": {"reestimate_bn": True},
-    "all-1000-steps": {"finetune_steps": 1000, "mimic_at": ("stages",), "kd_weight": 1.0, "reestimate_bn": True},
+    "stages-1000-steps": {"finetune_steps": 1000, "mimic_at": ("stages",)},
 }
 
 

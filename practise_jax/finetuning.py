@@ -97,10 +97,16 @@ class FinetuneConfig:
 
 
 def optimizer(config: FinetuneConfig, trainable: nnx.State) -> optax.GradientTransformation:
-    """SGD + coupled L2 + StepLR, applied only where ``trainable`` is True."""
+    """SGD + coupled L2 + StepLR where ``trainable`` is True; no update at all elsewhere.
+
+    Not ``optax.masked`` alone: it passes the masked-out leaves' gradients
+    through unchanged, which `apply_updates` then adds to the weights (a frozen
+    classifier would climb the KD loss's gradient with step size 1).
+    """
     sgd = step_decay_sgd(config.learning_rate, config.steps, momentum=config.momentum, weight_decay=config.weight_decay,
                          decay_every=config.decay_every)
-    return optax.masked(sgd, trainable)
+    labels = jax.tree.map(lambda train: "train" if train else "frozen", trainable)
+    return optax.multi_transform({"train": sgd, "frozen": optax.set_to_zero()}, labels)
 
 
 def trainable_mask(params: nnx.State, head: str, loss: str) -> nnx.State:

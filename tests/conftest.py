@@ -53,12 +53,18 @@ def shared_data() -> Path:
 def private_caches(tmp_path_factory):
     """Tests measure into caches of their own, never the user's (~/.cache/practise-jax).
 
-    Compiled programs are kept for the session: the many tiny models and runs of
-    the suite compile the same programs again and again.
+    Compiled programs are kept for the session, in one folder shared by the
+    xdist workers and the subprocesses tests start: the many tiny models and
+    runs of the suite compile the same programs again and again.
     """
     previous = os.environ.get("PRACTISE_CACHE")
     os.environ["PRACTISE_CACHE"] = str(tmp_path_factory.mktemp("practise_cache"))
-    jit_cache.use_persistent_cache(min_compile_seconds=0)
+    session_root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        session_root = session_root.parent  # the workers' basetemps share this parent
+    compiled = session_root / "compiled_programs"
+    jit_cache.use_persistent_cache(compiled, min_compile_seconds=0)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(compiled)  # read by subprocesses' JAX too
     yield
     if previous is None:
         os.environ.pop("PRACTISE_CACHE")

@@ -45,6 +45,7 @@ RECIPES = {
     "mimic+kd-0.01": {"kd_weight": 0.01},
     "bn-reestimate": {"reestimate_bn": True},
     "stages-1000-steps": {"finetune_steps": 1000, "mimic_at": ("stages",)},
+    "stages-2000-steps": {"finetune_steps": 2000, "mimic_at": ("stages",)},  # the reference's finetune length
 }
 
 

@@ -20,6 +20,7 @@ import latency_estimators  # noqa: E402
 import latency_gpu  # noqa: E402
 import latency_repeatability  # noqa: E402
 import main_table  # noqa: E402
+import profile_finetune_step  # noqa: E402
 import recoverability_vs_accuracy  # noqa: E402
 from practise_jax.cli import main as cli_main  # noqa: E402
 
@@ -250,3 +251,19 @@ def test_data_free_table_from_a_synthesised_set(tmp_path, capsys):
     assert line["images"] == "12" and float(line["spearman_r_vs_real500"]) == 1.0 and line["dropped"]
     assert (tmp_path / "data_free_grid.png").stat().st_size > 1000 and "| 12 synthesised |" in capsys.readouterr().out
 
+
+
+def test_profile_attributes_each_conv_of_a_training_step_to_its_kind():
+    """Forward, input-gradient and weight-gradient convolutions are told apart in a compiled step's HLO."""
+    import jax.numpy as jnp
+
+    from practise_jax import conv_backward
+
+    def loss(w, x):
+        y = conv_backward.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jnp.sum(jax.nn.relu(y) ** 2)
+
+    x, w = jnp.ones((8, 16, 16, 4)), jnp.ones((3, 3, 4, 4))
+    hlo = jax.jit(jax.grad(loss, (0, 1))).lower(w, x).compile().as_text()
+    kinds = set(profile_finetune_step.instruction_kinds(hlo).values())
+    assert {"conv forward", "conv input gradient", "conv weight gradient"} <= kinds

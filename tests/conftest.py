@@ -12,6 +12,10 @@ import pytest
 from practise_jax import jit_cache, xla_cpu
 
 xla_cpu.use_fast_flags()  # the kernels users get from the practise-jax command
+# Tests run a few steps of many small programs, so compiling dominates them: LLVM's optimisation level 0
+# halves some compile times. The same operations (a last-bit rounding may differ); speed is measured by the
+# experiments, never by the tests.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 jax.config.update("jax_default_matmul_precision", "highest")
 
 REPO = Path(__file__).resolve().parents[1]

@@ -112,9 +112,10 @@ def test_compressed_keras_model_keeps_keras_names_and_logits():
     student = surgery.drop(teacher, dropped)
     exported = model_zoo.to_keras(student, input_size=SIZE)
     x = uint8_images()
-    # the export takes preprocess_input's output (BGR for ResNet v1) and keeps the softmax head
+    # the export takes preprocess_input's output (BGR for ResNet v1) and keeps the softmax head. Probabilities from
+    # two differently compiled float32 ResNet-50s agree to a few 1e-6 relative (a wrong weight or order: 1e-1)
     np.testing.assert_allclose(keras_outputs(exported, x, "ResNet50"), softmax(logits(student, normalised(student, x))),
-                               atol=1e-6, rtol=0)
+                               atol=1e-6, rtol=1e-5)
     with_weights = {layer.name for layer in reference.layers if layer.weights}
     kept = {name for name in with_weights if not name.startswith(tuple(f"{b}_" for b in dropped))}
     assert {layer.name for layer in exported.layers if layer.weights} == kept

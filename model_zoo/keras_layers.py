@@ -21,9 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from practise_jax import conv_backward
-
-from practise_jax import protocol
+from practise_jax import conv_backward, protocol
 
 ZERO_INIT = nnx.initializers.zeros_init()
 

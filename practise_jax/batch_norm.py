@@ -25,7 +25,7 @@ def reestimate(model: nnx.Module, images: np.ndarray, view: Callable, batch_size
     The batches cover every image once, in a seeded order; each weighs by its size.
     """
     probe = nnx.clone(model)
-    norms = [m for _, m in probe.iter_modules() if isinstance(m, nnx.BatchNorm)]
+    norms = [m for _, m in nnx.iter_modules(probe) if isinstance(m, nnx.BatchNorm)]
     if not norms:
         raise UserError(f"{type(model).__name__} has no BatchNorm layers, so there are no statistics to re-estimate; "
                         "drop the BatchNorm re-estimation (reestimate_bn / --reestimate-bn).")

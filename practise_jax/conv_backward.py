@@ -5,11 +5,11 @@ copies of the layer's input and of the output gradient. Its fusion pass
 folds the producers of those two arrays (BatchNorm, the residual addition,
 ReLU and their backward, often through several blocks) into the transposing
 copy, which then recomputes them while reading a dozen arrays in a
-cache-hostile order. Profiled, these copies took 40% of a cifar_resnet56
+cache-hostile order. Profiled, these copies took 37% of a cifar_resnet56
 finetune step (experiments/README.md, "Scaling"). Here the backward pass
 passes the two operands through a conditional XLA cannot look into, so they
 are stored as computed and the transposes become plain copies: the step
-gets 1.5x faster. An optimization barrier does not do it (XLA:CPU removes
+gets 1.24x faster on a quiet machine. An optimization barrier does not do it (XLA:CPU removes
 barriers before fusing).
 
 Forward values and the arithmetic of every gradient are unchanged; only

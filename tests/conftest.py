@@ -61,7 +61,7 @@ def private_caches(tmp_path_factory):
     xdist workers and the subprocesses tests start: the many tiny models and
     runs of the suite compile the same programs again and again.
     """
-    previous = os.environ.get("PRACTISE_CACHE")
+    previous = {name: os.environ.get(name) for name in ("PRACTISE_CACHE", "JAX_COMPILATION_CACHE_DIR")}
     os.environ["PRACTISE_CACHE"] = str(tmp_path_factory.mktemp("practise_cache"))
     session_root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -70,7 +70,8 @@ def private_caches(tmp_path_factory):
     jit_cache.use_persistent_cache(compiled, min_compile_seconds=0)
     os.environ["JAX_COMPILATION_CACHE_DIR"] = str(compiled)  # read by subprocesses' JAX too
     yield
-    if previous is None:
-        os.environ.pop("PRACTISE_CACHE")
-    else:
-        os.environ["PRACTISE_CACHE"] = previous
+    for name, value in previous.items():
+        if value is None:
+            os.environ.pop(name)
+        else:
+            os.environ[name] = value

@@ -19,7 +19,7 @@ the converted model must reproduce the checkpoint's 91.64% top-1 on the first
 1,017 test images; without the data, random weights and a generated task.
 
     python examples/custom_resnet.py                       # about 4 minutes on 2 CPU cores
-    python examples/custom_resnet.py --shots 32 --adaptor-steps 2 --finetune-steps 2 --latency-repeats 1  # seconds
+    python examples/custom_resnet.py --shots 32 --adaptor-steps 2 --finetune-steps 2 --latency-repeats 1 --drop 2  # seconds
 """
 
 from __future__ import annotations
@@ -130,7 +130,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--shots", type=int, default=500)
     parser.add_argument("--adaptor-steps", type=int, default=defaults.adaptor_steps())
     parser.add_argument("--finetune-steps", type=int, default=300)
-    parser.add_argument("--speedup", type=float, default=0.2)
+    choose = parser.add_mutually_exclusive_group()
+    choose.add_argument("--speedup", type=float, default=0.2, help="latency target, from the profile (default 0.2)")
+    choose.add_argument("--drop", type=int, help="drop this many best-scoring blocks instead of meeting a target")
     parser.add_argument("--latency-repeats", type=int, help="rounds of timed calls (default: a time budget)")
     parser.add_argument("--out", default=tempfile.mkdtemp(prefix="custom_resnet_"))
     args = parser.parse_args(argv)
@@ -154,7 +156,7 @@ def main(argv=None) -> dict:
     tau = pj.profile(teacher, (64, 32, 32, 3), **timing)
     scores = pj.score(teacher, train.images, tau=tau, steps=args.adaptor_steps, seed=2021, progress=True)
     print(scores)
-    blocks = pj.select(scores, speedup=args.speedup)
+    blocks = pj.select(scores, k=args.drop) if args.drop else pj.select(scores, speedup=args.speedup)
     student, _ = pj.finetune(pj.drop(teacher, blocks), train.images, teacher=teacher, steps=args.finetune_steps,
                              seed=2021, progress=True)
     after = pj.evaluate(student, test.images, test.labels)

@@ -120,6 +120,11 @@ def check_target(target: float) -> None:
 
 
 def check_reachable(target: float, reachable: float) -> None:
+    if reachable <= 0:
+        raise UserError(
+            f"a latency reduction of {100 * target:.1f}% is out of reach: the latency profile measured no saving for "
+            "any candidate (every tau <= 0), so its timings were noise. Profile again with more repeats on an idle "
+            "machine, or choose a number of blocks to drop (k=... in the API, --drop K on the command line).")
     if reachable < target:
         raise UserError(
             f"a latency reduction of {100 * target:.1f}% is out of reach: dropping every candidate saves about "

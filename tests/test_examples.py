@@ -40,7 +40,7 @@ def test_custom_resnet_reproduces_the_converted_checkpoint_and_compresses(tmp_pa
     """A model the zoo does not have: the stand-in checkpoint of its own layout gives the real top-1 (91.64%)."""
     module = runpy.run_path(str(EXAMPLES / "custom_resnet.py"))
     result = module["main"](["--data-dir", str(shared_data), "--shots", "32", "--adaptor-steps", "2",
-                             "--finetune-steps", "2", "--latency-repeats", "1", "--out", str(tmp_path)])
+                             "--finetune-steps", "2", "--latency-repeats", "1", "--drop", "2", "--out", str(tmp_path)])
     assert result["real"] and result["teacher_top1"] == pytest.approx(91.64, abs=0.005)
     assert result["dropped"] and 0 < result["student_top1"] <= 100 and np.isfinite(result["tau"])
     assert (tmp_path / "student" / "architecture.json").is_file()
@@ -49,7 +49,7 @@ def test_custom_resnet_reproduces_the_converted_checkpoint_and_compresses(tmp_pa
 def test_custom_resnet_without_data_runs_on_random_weights(tmp_path):
     module = runpy.run_path(str(EXAMPLES / "custom_resnet.py"))
     result = module["main"](["--data-dir", str(tmp_path / "none"), "--shots", "16", "--adaptor-steps", "1",
-                             "--finetune-steps", "1", "--latency-repeats", "1", "--out", str(tmp_path)])
+                             "--finetune-steps", "1", "--latency-repeats", "1", "--drop", "2", "--out", str(tmp_path)])
     assert not result["real"] and result["dropped"]
 
 

@@ -44,6 +44,15 @@ def test_no_cycles_and_the_closest_set_when_the_target_cannot_be_hit():
     assert fitted.measured == min((cut for _, cut in fitted.trail), key=lambda cut: abs(cut - 0.20))
 
 
+def test_a_profile_that_measured_no_saving_is_called_noise_and_the_count_named():
+    noise = pj.Scores.rank({"b1": 1.0, "b2": 2.0}, {"b1": -0.38, "b2": 0.0})  # one busy round of timings
+    with pytest.raises(pj.UserError, match=r"measured no saving.*noise.*more repeats.*--drop K"):
+        pj.select(noise, speedup=0.2)
+    assert pj.select(noise, k=1) == ["b1"]
+    with pytest.raises(pj.UserError, match=r"saves about 5\.0%"):
+        pj.select(pj.Scores.rank({"b1": 1.0}, {"b1": 0.05}), speedup=0.2)
+
+
 def test_compress_meets_a_speedup_as_measured_and_says_how(tmp_path, monkeypatch):
     from practise_jax.pipeline import phases
 

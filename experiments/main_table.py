@@ -33,7 +33,9 @@ standard deviation over seeds per row and tiny-set size) and its plot
 ``<out>_summary.png``, rewritten after each run so a partial grid is readable.
 Lines already in ``--out`` for runs this command does not make (another seed,
 size or row) are kept, so parts of a grid run separately add up in one table;
-the ``device`` column says where each ran. Real data from ``$PRACTISE_DATA``
+the ``device`` column says where each ran. Commands may run side by side
+with one ``--out`` (one per core, ``taskset -c 0`` and ``-c 1``): each merges
+its finished runs into the file under a lock. Real data from ``$PRACTISE_DATA``
 (default ../shared/data).
 """
 
@@ -41,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
 import json
 import os
 import statistics
@@ -170,6 +173,24 @@ def earlier_runs(path: Path, planned: set[tuple[str, int, int]]) -> list[dict]:
     return [line for line in lines if (line["row"], line["shots"], line["seed"]) not in planned]
 
 
+def record(path: Path, mine: list[dict]) -> list[dict]:
+    """Merge this command's finished runs into ``--out`` and rewrite its summary and plot; returns the table.
+
+    The file is re-read under an exclusive lock each time, so commands run side
+    by side (one per core) with the same ``--out`` add up instead of
+    overwriting each other's lines.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = earlier_runs(path, {(r["row"], r["shots"], r["seed"]) for r in mine}) + mine
+        summary_path = path.with_name(path.stem + "_summary.csv")
+        write_csv(rows, path)
+        write_csv(aggregate(rows), summary_path)
+        plot(aggregate(rows), summary_path.with_suffix(".png"))
+    return rows
+
+
 def _number(text: str):
     for kind in (int, float):
         try:
@@ -232,22 +253,21 @@ def main(argv=None) -> int:
     xla_cpu.use_fast_flags()  # as the practise-jax command does; PRACTISE_XLA_DEFAULTS=0 for XLA's own
     jit_cache.use_persistent_cache()
     args = parse_args(argv)
-    summary_path = Path(args.out).with_name(Path(args.out).stem + "_summary.csv")
+    out = Path(args.out)
     planned = {(row, shots, seed) for row in args.rows for shots in args.shots for seed in args.seeds}
-    rows = earlier_runs(Path(args.out), planned)
-    if rows:
-        print(f"keeping {len(rows)} earlier runs from {args.out}", flush=True)
+    kept = earlier_runs(out, planned)
+    if kept:
+        print(f"keeping {len(kept)} earlier runs from {out}", flush=True)
+    mine, rows = [], kept
     for seed in args.seeds:
         for shots in args.shots:
             for row in args.rows:
                 print(f"== {row}, {shots} images, seed {seed}", flush=True)
-                rows.append(run_row(args, row, shots, seed))
-                write_csv(rows, args.out)
-                write_csv(aggregate(rows), summary_path)
-                plot(aggregate(rows), summary_path.with_suffix(".png"))
+                mine.append(run_row(args, row, shots, seed))
+                rows = record(out, mine)
     for line in aggregate(rows):
         print("  ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in line.items()))
-    print(f"wrote {args.out} and {summary_path}")
+    print(f"wrote {out} and {out.with_name(out.stem + '_summary.csv')}")
     return 0
 
 

@@ -85,6 +85,26 @@ def test_main_table_keeps_earlier_runs_it_does_not_repeat(tmp_path):
     assert summary[1]["class_mean_std"] == pytest.approx(2.8284271)
 
 
+def test_main_table_commands_side_by_side_add_up_in_one_file(tmp_path):
+    """Two commands (rows practise and first-k, one per core) record into one --out as they finish runs."""
+    def run(row, seed):
+        return {"row": row, "shots": 20, "seed": seed, "class_mean": 80.0 + seed, "class_mean_teacher": 90.0,
+                "top1_prefix": 80.0, "top1_prefix_teacher": 89.0, "latency_reduction": 0.5, "n_dropped": 7}
+
+    out = tmp_path / "table.csv"
+    main_table.write_csv([run("random", 1)], out)  # an earlier command's line
+    first, second = [run("practise", 1)], [run("first-k", 1)]
+    main_table.record(out, first)
+    main_table.record(out, second)
+    main_table.record(out, first + [run("practise", 2)])
+    main_table.record(out, second + [run("first-k", 2)])
+    lines = sorted((r["row"], int(r["seed"])) for r in read_csv(out))
+    assert lines == [("first-k", 1), ("first-k", 2), ("practise", 1), ("practise", 2), ("random", 1)]
+    summary = {r["row"]: r for r in read_csv(tmp_path / "table_summary.csv")}
+    assert summary["practise"]["seeds"] == "2" and float(summary["practise"]["class_mean"]) == 81.5
+    assert (tmp_path / "table_summary.png").is_file()
+
+
 def test_spearman_gives_tied_values_their_mean_rank():
     assert cost_study.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert cost_study.spearman([1, 2, 2, 4], [4, 3, 2, 1]) == pytest.approx(-0.9487, abs=1e-4)  # scipy's spearmanr

@@ -181,7 +181,7 @@ def record(path: Path, mine: list[dict]) -> list[dict]:
     overwriting each other's lines.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
+    with open(path, "a") as lock:  # the table itself is the lock: no file left beside it
         fcntl.flock(lock, fcntl.LOCK_EX)
         rows = earlier_runs(path, {(r["row"], r["shots"], r["seed"]) for r in mine}) + mine
         summary_path = path.with_name(path.stem + "_summary.csv")
@@ -220,7 +220,10 @@ def aggregate(rows: list[dict]) -> list[dict]:
 
 
 def plot(table: list[dict], path: Path) -> None:
-    """Per-class mean accuracy of each row (mean over seeds, std as error bars) per tiny-set size, teacher dashed."""
+    """Per-class mean accuracy of each row (mean over seeds, std as error bars) per tiny-set size, teacher dashed.
+
+    Each bar is labelled with its accuracy and, below, its measured latency cut.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -234,15 +237,20 @@ def plot(table: list[dict], path: Path) -> None:
     for k, n in enumerate(shots):
         found = {t["row"]: t for t in rows if t["shots"] == n}
         xs = [i + k * width for i, name in enumerate(names) if name in found]
-        means = [found[name]["class_mean"] for name in names if name in found]
-        stds = [found[name]["class_mean_std"] or 0.0 for name in names if name in found]
-        bars = ax.bar(xs, means, width, yerr=stds if any(stds) else None, label=f"{n} images", capsize=3)
-        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+        lines = [found[name] for name in names if name in found]
+        bars = ax.bar(xs, [t["class_mean"] for t in lines], width, label=f"{n} images")
+        spread = [(x, t) for x, t in zip(xs, lines) if t["class_mean_std"]]  # error bars only over several seeds
+        if spread:
+            ax.errorbar([x for x, _ in spread], [t["class_mean"] for _, t in spread],
+                        [t["class_mean_std"] for _, t in spread], fmt="none", ecolor="black", capsize=3)
+        ax.bar_label(bars, [f"{t['class_mean']:.1f}\n{100 * t['latency_reduction']:.0f}%" for t in lines],
+                     padding=-20, fontsize=7)  # inside the bar top: clear of the error bars
     ax.axhline(table[0]["class_mean"], color="gray", linestyle="--", label="teacher")
     ax.set_xticks([i + width * (len(shots) - 1) / 2 for i in range(len(names))], names, fontsize=8)
     low = min(t["class_mean"] for t in table)
-    ax.set_ylim(max(0.0, low - 5), 100)
+    ax.set_ylim(max(0.0, low - 8), 100)  # room for the label inside the lowest bar
     ax.set_ylabel("per-class mean accuracy (%)")
+    ax.set_title("bar labels: accuracy, measured latency cut", fontsize=8)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: never over a bar
     fig.tight_layout()
     fig.savefig(path, dpi=120, bbox_inches="tight")

@@ -208,7 +208,9 @@ def aggregate(rows: list[dict]) -> list[dict]:
     table = [{"row": "teacher", "shots": "", "seeds": "", "class_mean": first["class_mean_teacher"],
               "top1_prefix": first["top1_prefix_teacher"], "latency_reduction": 0.0, "n_dropped": 0,
               **{f"{metric}_std": "" for metric in METRICS}}]  # every column, as the header comes from this line
-    for key in dict.fromkeys((r["row"], r["shots"]) for r in rows):
+    order = list(ROWS)  # rows in a fixed order, whichever command finished first
+    for key in sorted(dict.fromkeys((r["row"], r["shots"]) for r in rows),
+                      key=lambda k: (order.index(k[0]) if k[0] in order else len(order), k[1])):
         group = [r for r in rows if (r["row"], r["shots"]) == key]
         line = {"row": key[0], "shots": key[1], "seeds": len(group)}
         for metric in METRICS:
@@ -244,7 +246,7 @@ def plot(table: list[dict], path: Path) -> None:
             ax.errorbar([x for x, _ in spread], [t["class_mean"] for _, t in spread],
                         [t["class_mean_std"] for _, t in spread], fmt="none", ecolor="black", capsize=3)
         ax.bar_label(bars, [f"{t['class_mean']:.1f}\n{100 * t['latency_reduction']:.0f}%" for t in lines],
-                     padding=-20, fontsize=7)  # inside the bar top: clear of the error bars
+                     label_type="center", fontsize=7)  # inside the bar: clear of the error bars
     ax.axhline(table[0]["class_mean"], color="gray", linestyle="--", label="teacher")
     ax.set_xticks([i + width * (len(shots) - 1) / 2 for i in range(len(names))], names, fontsize=8)
     low = min(t["class_mean"] for t in table)

@@ -156,7 +156,7 @@ def main(argv=None) -> dict:
     tau = pj.profile(teacher, (64, 32, 32, 3), **timing)
     scores = pj.score(teacher, train.images, tau=tau, steps=args.adaptor_steps, seed=2021, progress=True)
     print(scores)
-    blocks = pj.select(scores, k=args.drop) if args.drop else pj.select(scores, speedup=args.speedup)
+    blocks = pj.select(scores, k=args.drop) if args.drop is not None else pj.select(scores, speedup=args.speedup)
     student, _ = pj.finetune(pj.drop(teacher, blocks), train.images, teacher=teacher, steps=args.finetune_steps,
                              seed=2021, progress=True)
     after = pj.evaluate(student, test.images, test.labels)

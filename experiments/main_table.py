@@ -184,10 +184,10 @@ def record(path: Path, mine: list[dict]) -> list[dict]:
     with open(path, "a") as lock:  # the table itself is the lock: no file left beside it
         fcntl.flock(lock, fcntl.LOCK_EX)
         rows = earlier_runs(path, {(r["row"], r["shots"], r["seed"]) for r in mine}) + mine
-        summary_path = path.with_name(path.stem + "_summary.csv")
+        summary_path, summary = path.with_name(path.stem + "_summary.csv"), aggregate(rows)
         write_csv(rows, path)
-        write_csv(aggregate(rows), summary_path)
-        plot(aggregate(rows), summary_path.with_suffix(".png"))
+        write_csv(summary, summary_path)
+        plot(summary, summary_path.with_suffix(".png"))
     return rows
 
 

@@ -9,8 +9,8 @@ cache-hostile order. Profiled, these copies took 37% of a cifar_resnet56
 finetune step (experiments/README.md, "Scaling"). Here the backward pass
 passes the two operands through a conditional XLA cannot look into, so they
 are stored as computed and the transposes become plain copies: the step
-gets 1.24x faster on a quiet machine. An optimization barrier does not do it (XLA:CPU removes
-barriers before fusing).
+gets 1.24x faster on a quiet machine. An optimization barrier does not do
+it (XLA:CPU removes barriers before fusing).
 
 Forward values and the arithmetic of every gradient are unchanged; only
 fusion boundaries move, which can change a float rounding in the last bit.

@@ -272,7 +272,6 @@ def test_data_free_table_from_a_synthesised_set(tmp_path, capsys):
     assert (tmp_path / "data_free_grid.png").stat().st_size > 1000 and "| 12 synthesised |" in capsys.readouterr().out
 
 
-
 def test_profile_attributes_each_conv_of_a_training_step_to_its_kind():
     """Forward, input-gradient and weight-gradient convolutions are told apart in a compiled step's HLO."""
     import jax.numpy as jnp

@@ -6,9 +6,13 @@ under ``jax.profiler.trace``; every XLA operation the trace records is
 attributed, from the compiled program's HLO (shape and JAX op name), to one of:
 forward convolutions, input-gradient convolutions, weight-gradient
 convolutions, layout copies (the transposes XLA inserts around the weight
-gradient), reductions, other fused elementwise work, and the rest. Times are
-per step, summed over threads (so they can exceed the step's wall time when
-XLA runs operations side by side).
+gradient), reductions, cross-device all-reduces (with ``--devices N``: the
+batch split over N one-thread CPU devices, as ``practise-jax --devices``;
+an all-reduce's time includes waiting for the other devices), other fused
+elementwise work, and the rest. Times are per step, summed over threads and
+devices (so they can exceed the step's wall time when XLA runs operations
+side by side). Before profiling, the same number of steps runs unprofiled
+for the step's wall time and the process's CPU time (all its threads).
 
     python experiments/profile_finetune_step.py --out experiments/results/profile_finetune_step_cpu.csv
 
@@ -18,6 +22,9 @@ kind) and prints it. ``--plain-conv-backward`` profiles the step as it was befor
 
     python experiments/profile_finetune_step.py --plain-conv-backward \
         --out experiments/results/profile_finetune_step_cpu_plain_conv_backward.csv
+
+    python experiments/profile_finetune_step.py --devices 2 \
+        --out experiments/results/profile_finetune_step_cpu_devices2.csv
 
 Real weights and images from ``$PRACTISE_DATA``.
 """
@@ -71,6 +78,8 @@ def _kind(op: str, shape: str, line: str) -> str:
         return "conv input gradient" if "transpose(jvp" in line else "conv forward"
     if op in ("copy", "transpose") or "transpose_copy" in line.split("=")[0]:
         return "layout copies"
+    if op.startswith(("all-", "collective-", "reduce-scatter")):
+        return "cross-device collectives"
     if op == "reduce" or "reduce" in line.split("=")[0]:
         return "reductions"
     if op == "fusion":
@@ -82,11 +91,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--plain-conv-backward", action="store_true", help="the convs' backward pass as XLA fuses it unaided")
+    parser.add_argument("--devices", type=int, default=1,
+                        help="split the batch over this many CPU devices (one thread each), as `--devices` does")
     parser.add_argument("--out", default=str(REPO / "experiments/results/profile_finetune_step_cpu.csv"))
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO))
     from practise_jax import xla_cpu
 
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={args.devices}"
     xla_cpu.use_fast_flags()
     import jax
     import numpy as np
@@ -95,7 +107,7 @@ def main(argv=None) -> int:
 
     import model_zoo
     import practise_jax as pj
-    from practise_jax import data, finetuning
+    from practise_jax import data, devices, finetuning
     from practise_jax.latency import write_csv
 
     teacher = model_zoo.load("cifar_resnet56", DATA / "cifar10_resnets" / "resnet56-4bfd9763.th")
@@ -112,11 +124,15 @@ def main(argv=None) -> int:
     graphdef, params, rest = nnx.split(student, nnx.Param, ...)
     teacher_graphdef, teacher_state = nnx.split(teacher)
     tx = finetuning.optimizer(config, finetuning.trainable_mask(params, student.head, config.loss))
-    step = finetuning.make_step(graphdef, teacher_graphdef, tx, config, views.train)
+    mesh = devices.batch_mesh(jax.local_devices()) if args.devices > 1 else None
+    step = finetuning.make_step(graphdef, teacher_graphdef, tx, config, views.train,
+                                mesh and devices.sharded(mesh, devices.BATCH))
+    everywhere = (lambda x: devices.place(x, devices.sharded(mesh))) if mesh else jax.numpy.asarray
     params, rest = jax.tree.map(jax.numpy.copy, (params, rest))  # own buffers: the step donates them
     state = [params, rest, tx.init(params), jax.numpy.asarray(-1)]
-    device_images, labels = jax.numpy.asarray(images), jax.numpy.zeros(len(images), jax.numpy.int32)
-    batches = np.random.RandomState(0).permutation(len(images))[:64]
+    state, teacher_state = jax.tree.map(everywhere, (state, teacher_state))
+    device_images, labels = everywhere(images), everywhere(np.zeros(len(images), np.int32))
+    batches = everywhere(np.random.RandomState(0).permutation(len(images))[:64])
     key = jax.random.key(0)
 
     def run(index):
@@ -128,6 +144,10 @@ def main(argv=None) -> int:
     kinds = instruction_kinds(hlo)
     for i in range(3):
         jax.block_until_ready(run(i + 1))
+    cpu, started = time.process_time(), time.perf_counter()
+    for i in range(args.steps):  # unprofiled: the step's wall time, and how many cores the process kept busy
+        jax.block_until_ready(run(i + 4))
+    plain_wall, plain_cpu = [(time.perf_counter() - started) / args.steps, (time.process_time() - cpu) / args.steps]
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
         with jax.profiler.trace(folder):
@@ -150,6 +170,9 @@ def main(argv=None) -> int:
             for kind, ms in per_kind.most_common()]
     rows.append({"kind": "all XLA operations", "ms_per_step": total, "share": 1.0, "largest": ""})
     rows.append({"kind": "wall time of a step (under the profiler)", "ms_per_step": 1000 * wall, "share": "", "largest": ""})
+    rows.append({"kind": "wall time of a step (no profiler)", "ms_per_step": 1000 * plain_wall, "share": "", "largest": ""})
+    rows.append({"kind": "process CPU time of a step (no profiler)", "ms_per_step": 1000 * plain_cpu, "share": "",
+                 "largest": "all threads: XLA's, the JAX runtime's and Python's"})
     write_csv(rows, args.out)
     for row in rows:
         share = "" if row["share"] == "" else f"{100 * row['share']:.0f}%"

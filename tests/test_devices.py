@@ -14,9 +14,16 @@ import pytest
 TESTS = Path(__file__).resolve().parent
 
 
+def with_devices(devices: int) -> str:
+    """The session's XLA_FLAGS (conftest's: the users' kernels, fast compiling) with ``devices`` CPU devices."""
+    kept = [flag for flag in os.environ.get("XLA_FLAGS", "").split()
+            if not flag.startswith("--xla_force_host_platform_device_count")]
+    return " ".join([*kept, f"--xla_force_host_platform_device_count={devices}"])
+
+
 def run_with_devices(code: str, devices: int = 4, timeout: int = 600) -> dict:
     """Run ``code`` in a fresh interpreter with ``devices`` CPU devices; it prints one JSON line last."""
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", PYTHONPATH=str(TESTS))
+    env = dict(os.environ, XLA_FLAGS=with_devices(devices), PYTHONPATH=str(TESTS))
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
                           timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -97,7 +104,7 @@ def score_argv(folder: Path, out: Path, *extra: str) -> list[str]:
 
 
 def processes(argvs: list[list[str]], timeout: int = 600) -> list[subprocess.CompletedProcess]:
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = dict(os.environ, XLA_FLAGS=with_devices(1))
     running = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for argv in argvs]
     results = []
     for proc in running:

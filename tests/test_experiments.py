@@ -273,7 +273,7 @@ def test_data_free_table_from_a_synthesised_set(tmp_path, capsys):
 
 
 def test_profile_attributes_each_conv_of_a_training_step_to_its_kind():
-    """Forward, input-gradient and weight-gradient convolutions are told apart in a compiled step's HLO."""
+    """Forward, input-gradient and weight-gradient convolutions and cross-device all-reduces are told apart in HLO."""
     import jax.numpy as jnp
 
     from practise_jax import conv_backward
@@ -286,3 +286,5 @@ def test_profile_attributes_each_conv_of_a_training_step_to_its_kind():
     hlo = jax.jit(jax.grad(loss, (0, 1))).lower(w, x).compile().as_text()
     kinds = set(profile_finetune_step.instruction_kinds(hlo).values())
     assert {"conv forward", "conv input gradient", "conv weight gradient"} <= kinds
+    all_reduce = "ENTRY %main {\n  %all-reduce.3 = f32[16]{0} all-reduce(%fusion.1), channel_id=4, to_apply=%add\n}"
+    assert profile_finetune_step.instruction_kinds(all_reduce) == {"all-reduce.3": "cross-device collectives"}

@@ -273,7 +273,7 @@ def finetune(student: nnx.Module, teacher: nnx.Module | None, images: np.ndarray
     keys = jax.random.split(jax.random.key(config.seed), max(config.steps, 1))
     device_images = everywhere(images)
     device_labels = everywhere(labels if labels is not None else np.zeros(len(images), np.int32))
-    failed = jnp.asarray(-1, jnp.int32)
+    failed = everywhere(np.asarray(-1, np.int32))  # placed as the step returns it: no second compile
 
     def current_model():
         model = nnx.merge(graphdef, state.params, state.rest)

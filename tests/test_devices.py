@@ -168,7 +168,10 @@ def test_finetuning_is_data_parallel_over_devices_and_equals_one_device():
         import json, numpy as np, jax
         import practise_jax as pj
         from flax import nnx
+        from practise_jax import finetuning
         from tiny_models import tiny_model
+        steps, make_step = [], finetuning.make_step
+        finetuning.make_step = lambda *args, **kwargs: steps.append(make_step(*args, **kwargs)) or steps[-1]
         teacher = tiny_model("cifar_resnet20", dropped=())
         images = np.random.default_rng(0).integers(0, 256, (32, 32, 32, 3), dtype=np.uint8)
         runs = {n: pj.finetune(pj.drop(teacher, ["layer1.1"]), images, teacher=teacher, steps=4, batch_size=16, devices=n)
@@ -181,10 +184,11 @@ def test_finetuning_is_data_parallel_over_devices_and_equals_one_device():
             pj.finetune(pj.drop(teacher, ["layer1.1"]), images, teacher=teacher, steps=1, batch_size=10, devices=4)
         except pj.UserError as error:
             message = str(error)
-        print(json.dumps({"moved": moved, "worst": worst, "error": message,
+        print(json.dumps({"moved": moved, "worst": worst, "error": message, "compiled": [s._cache_size() for s in steps],
                           "losses": [h["loss"] for n in (1, 4) for h in runs[n][1] if "loss" in h]}))
     """
     result = run_with_devices(code)
     assert result["moved"] > 1e-4 and result["worst"] <= 1e-5 * max(1.0, result["moved"]) * 10
     assert result["losses"][0] == pytest.approx(result["losses"][1], rel=1e-5)
     assert "does not split over 4 devices" in result["error"]
+    assert result["compiled"] == [1, 1], "a finetune step compiled more than once"

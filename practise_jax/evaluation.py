@@ -38,10 +38,23 @@ def _classifier(graphdef: nnx.GraphDef, views: Views):
     return classify
 
 
+def on_one_device(state):
+    """``state`` on the first local device where it can be gathered there (not split across processes).
+
+    Weights replicated over a mesh (a finetune spread over devices) would run
+    every batch on each device and compile a program of their own; one
+    placement for all evaluations compiles the predictor once.
+    """
+    if all(getattr(x, "is_fully_addressable", True) for x in jax.tree.leaves(state)):
+        return jax.device_put(state, jax.local_devices()[0])
+    return state
+
+
 def predict(model: nnx.Module, data: ImageSet, views: Views, *, batch_size: int = 256, progress: bool = False) -> np.ndarray:
     """Predicted class of every image; the last batch is padded so one compiled function serves all."""
     model.eval()
     graphdef, state = nnx.split(model)
+    state = on_one_device(state)
     classify = _classifier(graphdef, views)
     predictions = []
     for start in tqdm(range(0, len(data), batch_size), desc="evaluate", unit="batch", disable=not progress, leave=False):

@@ -202,6 +202,7 @@ def make_metric(teacher: nnx.Module, candidates: Sequence[Candidate], images: np
     starts = _forward_order(teacher, {c.start for c in candidates})
     frozen, state = placement.everywhere(([c.frozen for c in candidates], state))
 
+    @functools.cache  # one compiled function per split, not per batch: the batches of a size share it
     def distances_for(split):
         @jax.jit
         def distances(adaptors, frozen, state, images, target):

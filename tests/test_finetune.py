@@ -10,6 +10,7 @@ from flax import nnx
 
 import practise_jax as pj
 from practise_jax import finetuning as ft
+from practise_jax.data.imageset import ImageSet
 from practise_jax.errors import UserError
 from tiny_models import tiny_model
 
@@ -201,3 +202,19 @@ def test_zoo_convs_backward_equals_lax_and_stores_the_operands():
     model = tiny_model("cifar_resnet20", dropped=())
     assert all(m.conv_general_dilated is conv_backward.conv_general_dilated
                for _, m in nnx.iter_modules(model) if isinstance(m, nnx.Conv))
+
+
+def test_evaluation_compiles_once_for_weights_spread_over_devices_or_not():
+    """Finetuning places the weights on every device; evaluating them and a one-device copy shares one program."""
+    from practise_jax import devices, evaluation
+
+    model = tiny_model("cifar_resnet20")
+    images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    data = ImageSet(images, np.arange(8) % 10, "random")
+    views = pj.views(model, images)
+    graphdef, state = nnx.split(model)
+    spread = nnx.merge(graphdef, devices.place(jax.tree.map(np.asarray, state), devices.sharded(devices.batch_mesh(jax.devices()))))
+    first = evaluation.predict(spread, data, views, batch_size=8)
+    second = evaluation.predict(model, data, views, batch_size=8)
+    np.testing.assert_array_equal(first, second)
+    assert evaluation._classifier(graphdef, views)._cache_size() == 1

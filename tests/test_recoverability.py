@@ -198,3 +198,17 @@ def test_folded_recovered_student_keeps_its_recovered_features(teacher, images, 
     target = teacher(x)[1]["pre_gap"]
     distance = float(np.mean(np.square(np.asarray(student(x)[1]["pre_gap"] - target))))
     assert distance == pytest.approx(figures["recoverability"], rel=1e-4)  # not the raw distance: the adaptors are in
+
+
+def test_the_metric_traces_its_students_once_for_all_batches_of_a_size(monkeypatch):
+    """Three metric batches of one size share one compiled function (not a program per batch)."""
+    teacher = tiny_model("cifar_resnet20", dropped=())
+    images = np.random.default_rng(0).integers(0, 256, (24, 32, 32, 3), dtype=np.uint8)
+    views = pj.views(teacher, images)
+    candidates = [rec.build_candidate(teacher, [block]) for block in ("layer1.1", "layer1.2")]
+    targets = rec.teacher_targets(teacher, images, views, 8)
+    traced, original = [], rec._student_features
+    monkeypatch.setattr(rec, "_student_features", lambda *args: traced.append(1) or original(*args))
+    metric = rec.make_metric(teacher, candidates, images, views, targets, 8)
+    assert metric([c.adaptors for c in candidates]) == metric([c.adaptors for c in candidates])
+    assert len(traced) == len(candidates)

@@ -39,15 +39,17 @@ def _classifier(graphdef: nnx.GraphDef, views: Views):
 
 
 def on_one_device(state):
-    """``state`` on the first local device where it can be gathered there (not split across processes).
+    """``state`` committed to one device: its own if it has one, else the first local device (all shards local).
 
     Weights replicated over a mesh (a finetune spread over devices) would run
-    every batch on each device and compile a program of their own; one
-    placement for all evaluations compiles the predictor once.
+    every batch on each device and compile a program of their own; gathered,
+    finetuning's evaluations and the final one share one program.
     """
-    if all(getattr(x, "is_fully_addressable", True) for x in jax.tree.leaves(state)):
-        return jax.device_put(state, jax.local_devices()[0])
-    return state
+    arrays = [x for x in jax.tree.leaves(state) if isinstance(x, jax.Array)]
+    if not all(x.is_fully_addressable for x in arrays):
+        return state
+    devices = {device for x in arrays for device in x.sharding.device_set}
+    return jax.device_put(state, devices.pop() if len(devices) == 1 else jax.local_devices()[0])
 
 
 def predict(model: nnx.Module, data: ImageSet, views: Views, *, batch_size: int = 256, progress: bool = False) -> np.ndarray:

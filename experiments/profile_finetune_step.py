@@ -124,15 +124,12 @@ def main(argv=None) -> int:
     graphdef, params, rest = nnx.split(student, nnx.Param, ...)
     teacher_graphdef, teacher_state = nnx.split(teacher)
     tx = finetuning.optimizer(config, finetuning.trainable_mask(params, student.head, config.loss))
-    mesh = devices.batch_mesh(jax.local_devices()) if args.devices > 1 else None
-    step = finetuning.make_step(graphdef, teacher_graphdef, tx, config, views.train,
-                                mesh and devices.sharded(mesh, devices.BATCH))
-    everywhere = (lambda x: devices.place(x, devices.sharded(mesh))) if mesh else jax.numpy.asarray
+    placement = devices.Placement(devices.batch_mesh(jax.local_devices()) if args.devices > 1 else None)
+    step = finetuning.make_step(graphdef, teacher_graphdef, tx, config, views.train, placement.batch_split(64))
     params, rest = jax.tree.map(jax.numpy.copy, (params, rest))  # own buffers: the step donates them
     state = [params, rest, tx.init(params), jax.numpy.asarray(-1)]
-    state, teacher_state = jax.tree.map(everywhere, (state, teacher_state))
-    device_images, labels = everywhere(images), everywhere(np.zeros(len(images), np.int32))
-    batches = everywhere(np.random.RandomState(0).permutation(len(images))[:64])
+    state, teacher_state, device_images, labels, batches = placement.everywhere(jax.tree.map(jax.numpy.asarray, (
+        state, teacher_state, images, np.zeros(len(images), np.int32), np.random.RandomState(0).permutation(len(images))[:64])))
     key = jax.random.key(0)
 
     def run(index):
@@ -147,7 +144,7 @@ def main(argv=None) -> int:
     cpu, started = time.process_time(), time.perf_counter()
     for i in range(args.steps):  # unprofiled: the step's wall time, and how many cores the process kept busy
         jax.block_until_ready(run(i + 4))
-    plain_wall, plain_cpu = [(time.perf_counter() - started) / args.steps, (time.process_time() - cpu) / args.steps]
+    plain_wall, plain_cpu = (time.perf_counter() - started) / args.steps, (time.process_time() - cpu) / args.steps
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
         with jax.profiler.trace(folder):

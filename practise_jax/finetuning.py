@@ -253,19 +253,12 @@ def finetune(student: nnx.Module, teacher: nnx.Module | None, images: np.ndarray
     state = TrainState(0, params, rest, tx.init(params), [])
     if state_path is not None:
         state = load_state(state_path, state) or state
-    batch_sharding, everywhere = None, jnp.asarray
+    placement = devices.Placement(devices.batch_mesh(list(spread)) if spread else None)
+    batch_sharding = placement.batch_split(min(config.batch_size, len(images)))
+    everywhere = placement.everywhere if spread else jnp.asarray
     if spread:
-        if min(config.batch_size, len(images)) % len(spread):
-            raise UserError(f"a batch of {min(config.batch_size, len(images))} images does not split over {len(spread)} devices; "
-                            f"choose a batch size divisible by {len(spread)}, or fewer devices.")
-        mesh = devices.batch_mesh(list(spread))
-        batch_sharding = devices.sharded(mesh, devices.BATCH)
-
-        def everywhere(x):
-            return devices.place(x, devices.sharded(mesh))
-
-        state.params, state.rest, state.opt_state = everywhere((state.params, state.rest, state.opt_state))
-        teacher_state = None if teacher_state is None else everywhere(teacher_state)
+        state.params, state.rest, state.opt_state, teacher_state = everywhere(
+            (state.params, state.rest, state.opt_state, teacher_state))
     step_fn = make_step(graphdef, teacher_graphdef, tx, config, train_view, batch_sharding)
     batches = batch_indices(len(images), config.batch_size, np.random.RandomState(config.seed))
     for _ in range(state.step):  # replay the batch order up to where the saved run stopped

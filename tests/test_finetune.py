@@ -213,7 +213,7 @@ def test_evaluation_compiles_once_for_weights_spread_over_devices_or_not():
     data = ImageSet(images, np.arange(8) % 10, "random")
     views = pj.views(model, images)
     graphdef, state = nnx.split(model)
-    spread = nnx.merge(graphdef, devices.place(jax.tree.map(np.asarray, state), devices.sharded(devices.batch_mesh(jax.devices()))))
+    spread = nnx.merge(graphdef, devices.Placement(devices.batch_mesh(jax.devices())).everywhere(jax.tree.map(np.asarray, state)))
     first = evaluation.predict(spread, data, views, batch_size=8)
     second = evaluation.predict(model, data, views, batch_size=8)
     np.testing.assert_array_equal(first, second)

@@ -34,13 +34,17 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     return _conv(conv, lhs, rhs)
 
 
-def stored(*arrays):
+def stored(arrays, witness):
     """``arrays`` unchanged, from a conditional XLA cannot fuse through (its outputs are buffers of their own).
 
-    The predicate (the first element equals itself, false only for a NaN) is
-    unknown when compiling, so the conditional stays; both branches return the values.
+    The predicate (the first element of ``witness`` equals itself, false only
+    for a NaN) is unknown when compiling, so the conditional stays; both
+    branches return the values. The witness is the conv's weight: replicated
+    when the batch is split over devices, so the predicate needs no
+    cross-device all-reduce (the output gradient's first element lives on one
+    device, and asking for it cost an all-reduce per conv).
     """
-    first = arrays[-1].reshape(-1)[0]
+    first = witness.reshape(-1)[0]
     return lax.cond(first == first, lambda xs: xs, lambda xs: tuple(x * 1 for x in xs), arrays)
 
 
@@ -55,7 +59,7 @@ def _forward(conv, lhs, rhs):
 
 def _backward(conv, residuals, g):
     lhs, rhs = residuals
-    lhs, g = lax.platform_dependent(lhs, g, cpu=stored, default=lambda *xs: xs)
+    lhs, g = lax.platform_dependent((lhs, g), rhs, cpu=stored, default=lambda xs, _: xs)
     return jax.vjp(conv, lhs, rhs)[1](g)
 
 

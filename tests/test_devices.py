@@ -163,6 +163,29 @@ def test_auto_detection_outside_a_cluster_says_what_to_give(tiny_run, tmp_path):
     assert "could not join the cluster's coordinator" in run.stderr and "--coordinator HOST:PORT" in run.stderr
 
 
+def test_the_zoo_convs_backward_adds_no_all_reduce_when_the_batch_is_split():
+    """conv_backward's conditional takes its predicate from the (replicated) weights, so with the batch split over
+    devices the only all-reduce is the weight gradient's, and a mesh of explicit axes (jax.make_mesh's) works too."""
+    code = """
+        import json, jax, numpy as np
+        from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+        from practise_jax import conv_backward
+        out = {}
+        for axis_type in (AxisType.Auto, AxisType.Explicit):
+            mesh = jax.make_mesh((4,), ("batch",), axis_types=(axis_type,))
+            x = jax.device_put(np.ones((8, 6, 6, 4), np.float32), NamedSharding(mesh, P("batch")))
+            w = jax.device_put(np.ones((3, 3, 4, 4), np.float32), NamedSharding(mesh, P()))
+            loss = lambda x, w: (conv_backward.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                                    dimension_numbers=("NHWC", "HWIO", "NHWC")) ** 2).sum()
+            with jax.set_mesh(mesh):
+                hlo = jax.jit(jax.grad(loss, (0, 1))).lower(x, w).compile().as_text()
+            out[str(axis_type)] = [hlo.count(" conditional("), hlo.count(" all-reduce(")]
+        print(json.dumps(out))
+    """
+    result = run_with_devices(code)
+    assert list(result.values()) == [[1, 1], [1, 1]], result  # the operands stored; one all-reduce: the weight gradient
+
+
 def test_finetuning_is_data_parallel_over_devices_and_equals_one_device():
     code = """
         import json, numpy as np, jax
